@@ -1,0 +1,327 @@
+"""The application: settings → engine → clients → services → bot/dispatcher → web → scheduler.
+
+``BotApp(settings)`` only builds objects; ``start()`` does the I/O (migrate, listen,
+poll, schedule) and ``stop()`` undoes it in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramAPIError
+from aiogram.fsm.storage.base import BaseStorage
+from aiogram.fsm.storage.memory import MemoryStorage
+from aiogram.types import BotCommand
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiohttp import web
+
+from bot.middlewares import UserContextMiddleware
+from bot.settings import Settings
+from db.engine import create_engine, session_factory
+from db.migrate import upgrade_to_head
+from handlers import routers
+from handlers.admin import AdminOrderCb
+from locales import LANGUAGES, translator
+from processing.alerts import BuyerAlerts
+from processing.fulfilment import Fulfilment
+from processing.jobs import JobIntervals, build_scheduler
+from processing.outbox import OutboxSender
+from processing.payments import AITokenPaymentProcessor
+from processing.reports import AdminOps
+from processing.web import CallbackRoutes
+from services.admin import AdminService
+from services.broadcast import BroadcastService
+from services.notify import Notifier
+from services.openrouter import ModelCatalog, OpenRouterClient
+from services.orders import OrderService, PaymentGateway
+from services.payments.base import PaymentProvider
+from services.payments.kryptoexpress import KryptoExpressProvider
+from services.preferences import PreferencesService
+from services.pricing import AITokenService, PricingRules
+from services.quota import QuotaService
+from services.vault import KeyVault
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/telegram/webhook"
+COMMANDS = ("start", "buy", "quota", "orders", "settings", "lang", "help", "cancel")
+
+
+def _secret(value: object) -> str | None:
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else None
+
+
+class BotApp:
+    def __init__(
+        self, settings: Settings, *, intervals: JobIntervals | None = None, outbox_idle: float = 0.5
+    ) -> None:
+        self.settings = settings
+        s = settings
+        self.engine = create_engine(s.database_url)
+        self.sessions = session_factory(self.engine)
+        self.vault = KeyVault(_secret(s.encryption_key) or "")
+
+        self.openrouter = OpenRouterClient(
+            s.openrouter_base_url,
+            _secret(s.openrouter_management_key) or "",
+            api_key=_secret(s.openrouter_api_key),
+        )
+        self.catalog = ModelCatalog(self.openrouter, s.models)
+        self.pricing = AITokenService(
+            PricingRules(
+                markup_percent=s.markup_percent,
+                min_order_usd=s.min_order_usd,
+                max_order_usd=s.max_order_usd,
+                min_tokens=s.min_tokens,
+                package_prices_usd=tuple(s.package_prices_usd),
+                token_packages=tuple(s.token_packages),
+            )
+        )
+        self.providers = self._providers()
+        self.gateway = PaymentGateway(list(self.providers.values()))
+        self.notifier = Notifier(
+            s.admin_chat_id, order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack()
+        )
+        self.orders = OrderService(
+            self.sessions,
+            self.catalog,
+            self.pricing,
+            self.gateway,
+            default_model=s.default_model,
+            quote_ttl=timedelta(seconds=s.quote_ttl_seconds),
+            notifier=self.notifier,
+        )
+        self.fulfilment = Fulfilment(
+            self.sessions,
+            self.openrouter,
+            self.vault,
+            self.notifier,
+            lease=timedelta(seconds=s.fulfilment_lease_seconds),
+        )
+        self.processor = AITokenPaymentProcessor(
+            self.sessions,
+            self.providers,
+            self.notifier,
+            on_paid=self._paid,
+            stale_new=timedelta(seconds=s.stale_order_seconds),
+        )
+        self.quota = QuotaService(
+            self.sessions,
+            self.openrouter,
+            self.catalog,
+            s.default_model,
+            cache_seconds=float(s.quota_cache_seconds),
+        )
+        self.preferences = PreferencesService(self.sessions)
+        self.admin = AdminService(self.sessions)
+        self.admin_ops = AdminOps(
+            self.sessions,
+            self.admin,
+            self.fulfilment,
+            self.openrouter,
+            self.providers,
+            self.notifier,
+            timezone=s.timezone,
+            report_time=s.daily_report_time,
+            weekly_day=s.weekly_report_day,
+        )
+        self.alerts = BuyerAlerts(
+            self.sessions,
+            self.openrouter,
+            self.notifier,
+            reminder_before=timedelta(minutes=s.reminder_minutes_before_expiry),
+            timezone=s.timezone,
+        )
+
+        self.bot = Bot(
+            token=_secret(s.bot_token) or "",
+            session=AiohttpSession(api=TelegramAPIServer.from_base(s.telegram_api_base)),
+            default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+        )
+        self.dp = Dispatcher(
+            storage=self._storage(),
+            settings=s,
+            orders=self.orders,
+            processor=self.processor,
+            quota=self.quota,
+            preferences=self.preferences,
+            admin=self.admin,
+            admin_ops=self.admin_ops,
+        )
+        self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
+        self.dp.include_routers(*routers())
+
+        self.outbox = OutboxSender(self.sessions, self.bot, self.vault)
+        self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
+        self.dp["broadcasts"] = self.broadcasts
+        self._outbox_idle = outbox_idle
+        self.web = web.Application(client_max_size=1024 * 1024)
+        CallbackRoutes(
+            self.processor,
+            self.providers.get("kryptoexpress"),
+            _secret(s.krypto_express_callback_secret),
+            self.sessions,
+            self.notifier,
+        ).install(self.web)
+        if s.telegram_mode == "webhook":
+            SimpleRequestHandler(
+                dispatcher=self.dp,
+                bot=self.bot,
+                secret_token=_secret(s.telegram_webhook_secret),
+            ).register(self.web, path=WEBHOOK_PATH)
+        self.scheduler = build_scheduler(
+            processor=self.processor,
+            fulfilment=self.fulfilment,
+            catalog=self.catalog,
+            notifier=self.notifier,
+            sessions=self.sessions,
+            intervals=intervals
+            or JobIntervals(
+                payment_poll=float(s.payment_poll_seconds),
+                expiry=float(s.expiry_check_seconds),
+                fulfilment=float(s.fulfilment_retry_seconds),
+                prices=float(s.price_refresh_seconds),
+            ),
+            timezone=s.timezone,
+        )
+        self.admin_ops.install(self.scheduler)  # daily/weekly admin reports
+        # Reminders run on the expiry cadence; the quota sweep and summary on their own.
+        self.alerts.schedule(
+            self.scheduler,
+            reminder_seconds=intervals.expiry if intervals else float(s.expiry_check_seconds),
+            quota_seconds=float(s.quota_check_seconds),
+            summary_time=s.daily_summary_time,
+        )
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._polling: asyncio.Task[None] | None = None
+        self.web_port: int | None = None
+        self._stopped = False
+
+    def _providers(self) -> dict[str, PaymentProvider]:
+        s = self.settings
+        providers: dict[str, PaymentProvider] = {}
+        for name in s.payment_providers:
+            if name == "kryptoexpress" and s.krypto_express_api_key:
+                providers[name] = KryptoExpressProvider(
+                    s.krypto_express_api_url,
+                    _secret(s.krypto_express_api_key) or "",
+                    callback_url=s.callback_url,
+                    callback_secret=_secret(s.krypto_express_callback_secret),
+                )
+            elif name == "cryptopay":
+                # Crypto Pay is the second provider of SPEC §3; not built yet.
+                log.info("provider_skipped provider=%s reason=not_implemented", name)
+        return providers
+
+    def _storage(self) -> BaseStorage:
+        if self.settings.redis_url:
+            from aiogram.fsm.storage.redis import RedisStorage
+
+            return RedisStorage.from_url(self.settings.redis_url)
+        return MemoryStorage()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, *, polling: bool = True) -> None:
+        await upgrade_to_head(self.engine)
+        self._runner = web.AppRunner(self.web, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.web_host, self.settings.web_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web_port
+        self.scheduler.start()
+        self._spawn(self.outbox.run_forever(idle=self._outbox_idle))
+        await self._set_commands()
+        if self.settings.telegram_mode == "webhook":
+            await self.bot.set_webhook(
+                str(self.settings.telegram_webhook_url),
+                secret_token=_secret(self.settings.telegram_webhook_secret),
+                drop_pending_updates=False,
+            )
+        elif polling:
+            self._polling = asyncio.create_task(
+                self.dp.start_polling(
+                    self.bot,
+                    handle_signals=False,
+                    close_bot_session=False,
+                    polling_timeout=20,
+                )
+            )
+        # Anything paid but not delivered before a restart is picked up now.
+        self._spawn(self.fulfilment.run_due())
+        log.info(
+            "app_started web=%s:%s mode=%s",
+            self.settings.web_host,
+            self.web_port,
+            self.settings.telegram_mode,
+        )
+
+    async def stop(self) -> None:
+        """Undo ``start``; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._polling is not None:
+            with contextlib.suppress(RuntimeError):  # polling already stopped
+                await self.dp.stop_polling()
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        # Sends in flight finish and are recorded, so a restart repeats none of them.
+        await self.outbox.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.bot.session.close()
+        await self.dp.storage.close()
+        await self.openrouter.aclose()
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.engine.dispose()
+
+    # -------------------------------------------------------------- helpers
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _paid(self, user_id: int) -> None:
+        """A payment was confirmed: fulfil now in the background (the job would too)."""
+        self.outbox.wake()
+
+        async def fulfil() -> None:
+            try:
+                await self.fulfilment.fulfil_user(user_id)
+            except Exception:
+                log.exception("fulfil_failed user=%s", user_id)
+            self.outbox.wake()
+
+        self._spawn(fulfil())
+
+    async def _set_commands(self) -> None:
+        try:
+            for language in LANGUAGES:
+                t = translator(language)
+                commands = [BotCommand(command=c, description=t(f"commands.{c}")) for c in COMMANDS]
+                await self.bot.set_my_commands(
+                    commands, language_code=None if language == "en" else language
+                )
+        except TelegramAPIError as exc:
+            log.warning("set_commands_failed error=%s", exc)

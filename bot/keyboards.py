@@ -1,0 +1,93 @@
+"""Inline keyboards. Labels come from the locale; data from bot.callbacks."""
+
+from __future__ import annotations
+
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from bot.callbacks import AssetCb, LangCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from locales import Translator
+from services.money import format_tokens, format_usd
+from services.pricing import ModelPrice, Package
+
+
+def main_menu(t: Translator) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text=t("menu.ai_tokens"), callback_data=MenuCb(action="tokens"))
+    kb.button(text=t("menu.quota"), callback_data=MenuCb(action="quota"))
+    kb.button(text=t("menu.orders"), callback_data=MenuCb(action="orders"))
+    kb.button(text=t("menu.language"), callback_data=MenuCb(action="lang"))
+    kb.button(text=t("settings.button"), callback_data=MenuCb(action="settings"))
+    kb.button(text=t("menu.help"), callback_data=MenuCb(action="help"))
+    kb.adjust(1, 2, 2, 1)
+    return kb.as_markup()
+
+
+def packages(t: Translator, model: ModelPrice, items: list[Package]) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for item in items:
+        kb.button(
+            text=t(
+                "buy.package_button",
+                name=t(f"package.{item.name}"),
+                tokens=format_tokens(item.quote.tokens),
+                price=format_usd(item.quote.total_usd),
+            ),
+            callback_data=PackageCb(tokens=item.quote.tokens),
+        )
+    kb.button(text=t("buy.custom_button"), callback_data=MenuCb(action="custom"))
+    kb.button(text=t("buy.model_button", name=model.name), callback_data=MenuCb(action="models"))
+    kb.button(text=t("common.back"), callback_data=MenuCb(action="home"))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def models(
+    t: Translator, offered: list[ModelPrice], all_ids: list[str], current: str
+) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for model in offered:
+        mark = "✅ " if model.id == current else ""
+        kb.button(text=f"{mark}{model.name}", callback_data=ModelCb(index=all_ids.index(model.id)))
+    kb.button(text=t("common.back"), callback_data=MenuCb(action="tokens"))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def assets(t: Translator, tokens: int, offered: list[str]) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for asset in offered:
+        kb.button(text=asset, callback_data=AssetCb(tokens=tokens, asset=asset))
+    kb.button(text=t("common.back"), callback_data=MenuCb(action="tokens"))
+    kb.adjust(len(offered) or 1, 1)
+    return kb.as_markup()
+
+
+def quote(t: Translator, quote_id: int) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text=t("quote.confirm"), callback_data=QuoteCb(action="ok", quote_id=quote_id))
+    kb.button(text=t("quote.cancel"), callback_data=QuoteCb(action="no", quote_id=quote_id))
+    kb.adjust(2)
+    return kb.as_markup()
+
+
+def payment(t: Translator, order_id: int) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text=t("pay.check"), callback_data=OrderCb(action="check", order_id=order_id))
+    kb.button(text=t("pay.cancel"), callback_data=OrderCb(action="cancel", order_id=order_id))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def languages(t: Translator) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text="English", callback_data=LangCb(code="en"))
+    kb.button(text="Русский", callback_data=LangCb(code="ru"))
+    kb.adjust(2)
+    return kb.as_markup()
+
+
+def back_to_menu(t: Translator) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text=t("common.menu"), callback_data=MenuCb(action="home"))
+    return kb.as_markup()

@@ -1,0 +1,128 @@
+"""Texts of the bot's screens, rendered from service DTOs in the buyer's language."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timedelta
+
+from locales import Translator
+from services.clock import utcnow
+from services.money import format_crypto, format_tokens, format_usd
+from services.orders import OrderView, QuoteView
+from services.pricing import Bounds, ModelPrice
+from services.quota import QuotaView, progress_bar
+
+
+def when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def packages(t: Translator, model: ModelPrice, bounds: Bounds | None) -> str:
+    text = t("buy.packages", model=html.escape(model.name))
+    if bounds is not None:
+        text += "\n\n" + t(
+            "buy.range",
+            min_tokens=format_tokens(bounds.min_tokens),
+            max_tokens=format_tokens(bounds.max_tokens),
+            min_total=format_usd(bounds.min_total),
+            max_total=format_usd(bounds.max_total),
+        )
+    return text
+
+
+def custom_prompt(t: Translator, bounds: Bounds | None) -> str:
+    if bounds is None:
+        return t("buy.custom_prompt_plain")
+    return t(
+        "buy.custom_prompt",
+        min_tokens=format_tokens(bounds.min_tokens),
+        max_tokens=format_tokens(bounds.max_tokens),
+    )
+
+
+def quote(t: Translator, q: QuoteView, markup_percent: str) -> str:
+    approx = (
+        t("quote.approx", amount=format_crypto(q.approx_crypto, q.asset), asset=q.asset)
+        if q.approx_crypto is not None
+        else ""
+    )
+    return t(
+        "quote.text",
+        model=html.escape(q.model_name),
+        tokens=format_tokens(q.tokens),
+        base=format_usd(q.base_usd),
+        markup_percent=markup_percent,
+        markup=format_usd(q.markup_usd),
+        total=format_usd(q.total_usd),
+        approx=approx,
+        valid_until=when(q.expires_at),
+    )
+
+
+def payment(t: Translator, order: OrderView) -> str:
+    assert order.crypto_amount is not None and order.address is not None
+    return t(
+        "pay.text",
+        order_id=order.id,
+        amount=format_crypto(order.crypto_amount, order.asset),
+        asset=order.asset,
+        network=html.escape(order.network or ""),
+        address=html.escape(order.address),
+        total=format_usd(order.total_usd),
+        expires=when(order.expires_at),
+    )
+
+
+def qr_payload(order: OrderView) -> str:
+    assert order.address is not None and order.crypto_amount is not None
+    if order.asset == "BTC":
+        return f"bitcoin:{order.address}?amount={format_crypto(order.crypto_amount, 'BTC')}"
+    return order.address
+
+
+def order_line(t: Translator, order: OrderView) -> str:
+    return t(
+        "orders.line",
+        order_id=order.id,
+        tokens=format_tokens(order.tokens),
+        model=html.escape(order.model),
+        total=format_usd(order.total_usd),
+        status=t(f"status.{order.status.value}"),
+        date=when(order.created_at),
+    )
+
+
+def orders(t: Translator, items: list[OrderView]) -> str:
+    if not items:
+        return t("orders.empty")
+    return t("orders.title") + "\n\n" + "\n".join(order_line(t, o) for o in items)
+
+
+def quota(t: Translator, q: QuotaView) -> str:
+    tokens = (
+        t("quota.tokens", tokens=format_tokens(q.remaining_tokens), model=html.escape(q.model))
+        if q.remaining_tokens is not None
+        else ""
+    )
+    runway = q.runway_days
+    return t(
+        "quota.text",
+        bar=progress_bar(q.used_share),
+        percent=f"{(q.used_share * 100).quantize(1)}",
+        limit=format_usd(q.limit),
+        used=format_usd(q.used),
+        remaining=format_usd(q.remaining),
+        tokens=tokens,
+        daily=format_usd(q.usage_daily),
+        weekly=format_usd(q.usage_weekly),
+        monthly=format_usd(q.usage_monthly),
+        runway=t("quota.no_usage") if runway is None else t("quota.runway", days=f"{runway:,}"),
+        stale=t("quota.stale", age=age(t, utcnow() - q.as_of)) if q.stale else "",
+    )
+
+
+def age(t: Translator, delta: timedelta) -> str:
+    minutes = max(1, int(delta.total_seconds() // 60))
+    if minutes < 120:
+        return t("quota.minutes", n=minutes)
+    return t("quota.hours", n=minutes // 60)

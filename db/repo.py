@@ -1,0 +1,152 @@
+"""Repositories: queries and guarded writes. They never commit; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import ApiKey, Order, OrderEvent, OrderStatus, OutboxMessage, User
+from services.clock import utcnow
+
+
+async def transition(
+    session: AsyncSession,
+    order_id: int,
+    allowed: Iterable[OrderStatus],
+    to: OrderStatus,
+    *,
+    actor: str,
+    kind: str,
+    detail: dict[str, Any] | None = None,
+    where: dict[str, Any] | None = None,
+    **values: Any,
+) -> OrderStatus | None:
+    """Compare-and-set an order's status; on success append an event.
+
+    Returns the status the order had (the row count decides who acts), or None when
+    the order was not in an allowed state and nothing changed.
+    """
+    allowed = list(allowed)
+    now = utcnow()
+    conditions = [Order.id == order_id, Order.status.in_([s.value for s in allowed])]
+    for column, value in (where or {}).items():
+        conditions.append(getattr(Order, column) == value)
+    # Fetch the previous status in the same statement where the database can.
+    previous = (await session.execute(select(Order.status).where(*conditions))).scalar_one_or_none()
+    if previous is None:
+        return None
+    result = await session.execute(
+        update(Order)
+        .where(*conditions, Order.status == previous)
+        .values(status=to.value, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.add(
+        OrderEvent(
+            order_id=order_id,
+            at=now,
+            kind=kind,
+            from_status=previous,
+            to_status=to.value,
+            actor=actor,
+            detail=detail,
+        )
+    )
+    return OrderStatus(previous)
+
+
+def add_event(
+    session: AsyncSession,
+    order_id: int,
+    kind: str,
+    *,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+    status: str | None = None,
+) -> None:
+    session.add(
+        OrderEvent(
+            order_id=order_id,
+            at=utcnow(),
+            kind=kind,
+            from_status=status,
+            to_status=status,
+            actor=actor,
+            detail=detail,
+        )
+    )
+
+
+async def add_outbox(
+    session: AsyncSession,
+    *,
+    chat_id: int,
+    text: str,
+    dedupe_key: str | None,
+    kind: str = "text",
+    payload: dict[str, Any] | None = None,
+    not_before: datetime | None = None,
+) -> None:
+    """Queue a message; a second write with the same dedupe key does nothing."""
+    now = utcnow()
+    values = {
+        "chat_id": chat_id,
+        "kind": kind,
+        "text": text,
+        "payload": payload,
+        "dedupe_key": dedupe_key,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": not_before or now,
+        "created_at": now,
+    }
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dedupe_key is None:
+        await session.execute(insert(OutboxMessage).values(**values))
+    elif dialect == "postgresql":
+        await session.execute(
+            pg_insert(OutboxMessage)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+    else:
+        await session.execute(
+            sqlite_insert(OutboxMessage)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+
+
+async def delivered_base_sum(session: AsyncSession, user_id: int) -> Decimal:
+    """Σ base cost of the buyer's delivered orders — the ledger their key limit must equal."""
+    rows = await session.execute(
+        select(Order.base_usd).where(
+            Order.user_id == user_id, Order.status == OrderStatus.DELIVERED.value
+        )
+    )
+    # Summed in Python: SQLite keeps money as text, and SQL SUM would go through float.
+    return sum((value for (value,) in rows), Decimal("0.00"))
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def get_api_key(session: AsyncSession, user_id: int) -> ApiKey | None:
+    return (
+        await session.execute(select(ApiKey).where(ApiKey.user_id == user_id))
+    ).scalar_one_or_none()
+
+
+async def user_language(session: AsyncSession, user_id: int) -> str:
+    lang = (await session.execute(select(User.language).where(User.id == user_id))).scalar()
+    return lang or "en"

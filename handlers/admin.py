@@ -1,0 +1,175 @@
+"""Admin commands: /stats /order /retry /refund /balance /reconcile.
+
+Only ADMIN_IDS, and only in a private chat with the bot or in the admin group. Anyone
+else's command falls through: in private to the usual "didn't understand", in a group
+to silence (the other routers ignore groups).
+"""
+
+from __future__ import annotations
+
+import html
+
+from aiogram.filters import BaseFilter, Command, CommandObject
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, Message
+
+from bot.filters import IsAdmin
+from bot.settings import Settings
+from handlers.spec import RouterSpec
+from locales import Translator
+from processing.reports import (
+    AdminOps,
+    render_balance,
+    render_order,
+    render_reconciliation,
+    render_stats,
+)
+from services.admin import ActionOutcome, AdminService, recent_period
+from services.errors import ExternalError
+
+router = RouterSpec(__name__, private_only=False)
+
+PERIODS = {"today": 1, "7d": 7, "30d": 30}
+
+
+class AdminOrderCb(CallbackData, prefix="ao"):
+    """The "🔎 Order #N" button under admin alerts."""
+
+    order_id: int
+
+
+class AdminChat(BaseFilter):
+    """A private chat with the bot, or the configured admin group."""
+
+    async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
+        message = event.message if isinstance(event, CallbackQuery) else event
+        if message is None:
+            return False
+        chat = message.chat
+        return chat.type == "private" or (
+            settings.admin_chat_id is not None and chat.id == settings.admin_chat_id
+        )
+
+
+ADMIN = (IsAdmin(), AdminChat())
+
+
+def _order_id(command: CommandObject) -> int | None:
+    arg = (command.args or "").split(maxsplit=1)
+    return int(arg[0]) if arg and arg[0].lstrip("#").isdigit() else None
+
+
+@router.message(Command("stats"), *ADMIN)
+async def stats(
+    message: Message, command: CommandObject, t: Translator, admin: AdminService, settings: Settings
+) -> None:
+    days = PERIODS.get((command.args or "today").strip().lower())
+    if days is None:
+        await message.answer(t("admin_cmd.stats_usage"))
+        return
+    figures = await admin.stats(recent_period(days, settings.timezone))
+    await message.answer(render_stats(t, figures, settings.timezone))
+
+
+async def _order_text(t: Translator, admin: AdminService, order_id: int, tz: str) -> str:
+    view = await admin.order_view(order_id)
+    if view is None:
+        return t("admin_cmd.not_found", order_id=order_id)
+    return render_order(t, view, tz)
+
+
+@router.message(Command("order"), *ADMIN)
+async def order(
+    message: Message, command: CommandObject, t: Translator, admin: AdminService, settings: Settings
+) -> None:
+    order_id = _order_id(command)
+    if order_id is None:
+        await message.answer(t("admin_cmd.order_usage"))
+        return
+    await message.answer(await _order_text(t, admin, order_id, settings.timezone))
+
+
+@router.callback_query(AdminOrderCb.filter(), *ADMIN)
+async def order_button(
+    callback: CallbackQuery,
+    callback_data: AdminOrderCb,
+    t: Translator,
+    admin: AdminService,
+    settings: Settings,
+) -> None:
+    text = await _order_text(t, admin, callback_data.order_id, settings.timezone)
+    if isinstance(callback.message, Message):
+        # A new message: the alert above it stays as it was.
+        await callback.message.answer(text)
+    await callback.answer()
+
+
+@router.callback_query(AdminOrderCb.filter())
+async def order_button_not_admin(callback: CallbackQuery) -> None:
+    # Anyone else in the group pressed it: stop their spinner, show nothing.
+    await callback.answer()
+
+
+@router.message(Command("retry"), *ADMIN)
+async def retry(
+    message: Message, command: CommandObject, t: Translator, admin_ops: AdminOps
+) -> None:
+    order_id = _order_id(command)
+    if order_id is None or message.from_user is None:
+        await message.answer(t("admin_cmd.retry_usage"))
+        return
+    result, now = await admin_ops.retry(order_id, message.from_user.id)
+    if result.outcome is ActionOutcome.NOT_FOUND:
+        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+    elif result.outcome is ActionOutcome.WRONG_STATE:
+        await message.answer(t("admin_cmd.retry_refused", order_id=order_id, status=result.status))
+    else:
+        await message.answer(
+            t("admin_cmd.retry_done", order_id=order_id, previous=result.status, status=now)
+        )
+
+
+@router.message(Command("refund"), *ADMIN)
+async def refund(
+    message: Message, command: CommandObject, t: Translator, admin: AdminService
+) -> None:
+    parts = (command.args or "").split(maxsplit=1)
+    order_id = _order_id(command)
+    note = parts[1].strip() if len(parts) > 1 else ""
+    if order_id is None or not note or message.from_user is None:
+        await message.answer(t("admin_cmd.refund_usage"))
+        return
+    result = await admin.refund(order_id, message.from_user.id, note[:1000])
+    if result.outcome is ActionOutcome.NOT_FOUND:
+        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+    elif result.outcome is ActionOutcome.WRONG_STATE:
+        await message.answer(t("admin_cmd.refund_refused", order_id=order_id, status=result.status))
+    else:
+        await message.answer(
+            t(
+                "admin_cmd.refund_done",
+                order_id=order_id,
+                previous=result.status,
+                note=html.escape(note[:1000]),
+            )
+        )
+
+
+@router.message(Command("balance"), *ADMIN)
+async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
+    try:
+        figures = await admin_ops.balance()
+    except ExternalError as exc:
+        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        return
+    await message.answer(f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
+
+
+@router.message(Command("reconcile"), *ADMIN)
+async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> None:
+    try:
+        report = await admin_ops.reconcile()
+    except ExternalError as exc:
+        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        return
+    await message.answer(render_reconciliation(t, report))

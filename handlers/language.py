@@ -1,0 +1,35 @@
+"""/lang: English or Russian."""
+
+from __future__ import annotations
+
+from aiogram import F
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, Message
+
+from bot import keyboards
+from bot.callbacks import LangCb, MenuCb
+from handlers.spec import RouterSpec
+from handlers.util import show
+from locales import LANGUAGES, Translator, translator
+from services.orders import OrderService, UserView
+
+router = RouterSpec(__name__)
+
+
+@router.message(Command("lang"))
+async def lang_command(message: Message, t: Translator) -> None:
+    await message.answer(t("lang.choose"), reply_markup=keyboards.languages(t))
+
+
+@router.callback_query(MenuCb.filter(F.action == "lang"))
+async def lang_button(callback: CallbackQuery, t: Translator) -> None:
+    await show(callback, t("lang.choose"), keyboards.languages(t))
+
+
+@router.callback_query(LangCb.filter(F.code.in_(LANGUAGES)))
+async def lang_chosen(
+    callback: CallbackQuery, callback_data: LangCb, user: UserView, orders: OrderService
+) -> None:
+    await orders.set_language(user.id, callback_data.code)
+    t = translator(callback_data.code)
+    await show(callback, t("lang.changed"), keyboards.main_menu(t))

@@ -1,0 +1,39 @@
+"""Greeting, main menu and help."""
+
+from __future__ import annotations
+
+from aiogram import F
+from aiogram.filters import Command, CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, Message
+
+from bot import keyboards
+from bot.callbacks import MenuCb
+from handlers.spec import RouterSpec
+from handlers.util import show
+from locales import Translator
+
+router = RouterSpec(__name__)
+
+
+@router.message(CommandStart())
+async def start(message: Message, t: Translator, state: FSMContext) -> None:
+    await state.clear()
+    name = message.from_user.first_name if message.from_user else ""
+    await message.answer(t("start.greeting", name=name), reply_markup=keyboards.main_menu(t))
+
+
+@router.callback_query(MenuCb.filter(F.action == "home"))
+async def home(callback: CallbackQuery, t: Translator, state: FSMContext) -> None:
+    await state.clear()
+    await show(callback, t("start.menu"), keyboards.main_menu(t))
+
+
+@router.message(Command("help"))
+async def help_command(message: Message, t: Translator) -> None:
+    await message.answer(t("help.text"), reply_markup=keyboards.back_to_menu(t))
+
+
+@router.callback_query(MenuCb.filter(F.action == "help"))
+async def help_button(callback: CallbackQuery, t: Translator) -> None:
+    await show(callback, t("help.text"), keyboards.back_to_menu(t))

@@ -1,0 +1,36 @@
+"""/quota: limit, used, remaining ($ and ≈ tokens) with a bar, from OpenRouter."""
+
+from __future__ import annotations
+
+from aiogram import F
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, Message
+
+from bot import keyboards, screens
+from bot.callbacks import MenuCb
+from handlers.spec import RouterSpec
+from handlers.util import show
+from locales import Translator
+from services.orders import UserView
+from services.quota import QuotaService
+
+router = RouterSpec(__name__)
+
+
+async def _text(t: Translator, user: UserView, quota: QuotaService) -> str:
+    view = await quota.quota(user.id, user.model)
+    return t("quota.no_key") if view is None else screens.quota(t, view)
+
+
+@router.message(Command("quota"))
+async def quota_command(
+    message: Message, t: Translator, user: UserView, quota: QuotaService
+) -> None:
+    await message.answer(await _text(t, user, quota), reply_markup=keyboards.back_to_menu(t))
+
+
+@router.callback_query(MenuCb.filter(F.action == "quota"))
+async def quota_button(
+    callback: CallbackQuery, t: Translator, user: UserView, quota: QuotaService
+) -> None:
+    await show(callback, await _text(t, user, quota), keyboards.back_to_menu(t))

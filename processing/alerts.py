@@ -1,0 +1,401 @@
+"""Scheduled messages to buyers (SPEC §6): payment reminders, low-quota alerts, the
+daily usage summary. The expiry notice itself is written by
+``AITokenPaymentProcessor.expire_overdue`` (dedupe ``expired:<order>``).
+
+Every job is a plain async method (tests call them directly) and safe to run twice,
+concurrently, or late after downtime:
+
+- reminders: ``orders.reminder_sent`` flipped by compare-and-set
+  (``UPDATE … WHERE reminder_sent = false``); only the run that flips it queues the
+  message, whose outbox dedupe key ``reminder:<order>`` is a second guard;
+- low-quota alerts: ``users.quota_alert_level`` moved by compare-and-set
+  (``UPDATE … WHERE quota_alert_level = <value read>``); only the run that moves it
+  up queues the alert (dedupe ``quota:<user>:<level>:<limit>`` — the limit changes with
+  each top-up, so a re-armed threshold can fire again);
+- daily summary: outbox dedupe key ``summary:<user>:<local date>``.
+
+OpenRouter is read with ONE paged sweep of ``GET /keys`` (100 keys per call), never a
+call per buyer, and never inside a database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.callbacks import MenuCb, OrderCb
+from db import repo
+from db.models import ApiKey, Order, OrderStatus, OutboxMessage, User
+from services.clock import utcnow
+from services.errors import ExternalError
+from services.money import CENT, format_crypto, format_usd
+from services.notify import Notifier
+from services.openrouter import KeyInfo, OpenRouterClient
+
+log = logging.getLogger(__name__)
+
+# Percent-used thresholds, highest first: crossing 95 % straight from below 80 %
+# announces only 95 %.
+QUOTA_THRESHOLDS = (95, 80)
+QUOTA_BUTTONS = [
+    [
+        ("menu.ai_tokens", MenuCb(action="tokens").pack()),
+        ("menu.quota", MenuCb(action="quota").pack()),
+    ]
+]
+# A daily job missed by less than this (a restart, a slow loop) still runs.
+SUMMARY_GRACE = timedelta(hours=6)
+# Threshold moves per transaction in a quota sweep: few commits, short write locks.
+ALERT_CHUNK = 200
+
+
+def used_share(limit: Decimal | None, usage: Decimal) -> Decimal | None:
+    """usage / limit, or None for a key without a positive limit (nothing to run out of)."""
+    if limit is None or limit <= 0:
+        return None
+    return usage / limit
+
+
+def alert_level(share: Decimal | None) -> int:
+    """The highest threshold (percent) the share has reached, 0 below all of them."""
+    if share is None:
+        return 0
+    percent = share * 100
+    return next((level for level in QUOTA_THRESHOLDS if percent >= level), 0)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    keys_seen: int  # keys OpenRouter listed
+    matched: int  # of them, buyers' keys we know
+    alerts: int  # thresholds newly crossed (alert queued when the buyer wants it)
+    rearmed: int  # thresholds re-armed by a top-up
+
+
+class BuyerAlerts:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        openrouter: OpenRouterClient,
+        notifier: Notifier,
+        *,
+        reminder_before: timedelta,
+        timezone: str = "UTC",
+    ) -> None:
+        self.sessions = sessions
+        self.openrouter = openrouter
+        self.notifier = notifier
+        self.reminder_before = reminder_before
+        self.zone = ZoneInfo(timezone)
+
+    # -------------------------------------------------------------- scheduling
+    def schedule(
+        self,
+        scheduler: AsyncIOScheduler,
+        *,
+        reminder_seconds: float,
+        quota_seconds: float,
+        summary_time: str,
+    ) -> None:
+        """Add the three jobs. coalesce folds missed runs into one; the grace time lets
+        a run delayed by a busy loop or a short outage still happen; the jobs' own
+        guards make any extra run harmless."""
+        common: dict[str, Any] = {"replace_existing": True, "coalesce": True, "max_instances": 1}
+        scheduler.add_job(
+            _guarded("invoice_reminders", self.run_reminders),
+            "interval",
+            seconds=reminder_seconds,
+            id="invoice_reminders",
+            name="invoice_reminders",
+            misfire_grace_time=max(60, int(reminder_seconds)),
+            **common,
+        )
+        scheduler.add_job(
+            _guarded("quota_sweep", self.run_quota_sweep),
+            "interval",
+            seconds=quota_seconds,
+            id="quota_sweep",
+            name="quota_sweep",
+            misfire_grace_time=max(60, int(quota_seconds)),
+            **common,
+        )
+        hour, minute = (int(part) for part in summary_time.split(":"))
+        trigger = CronTrigger(hour=hour, minute=minute, timezone=self.zone)
+        # The scheduler keeps jobs in memory: after a restart later the same day, today's
+        # summary is caught up at once (the dedupe key keeps it to one per day).
+        now = datetime.now(self.zone)
+        due_today = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        catch_up = due_today <= now < due_today + SUMMARY_GRACE
+        scheduler.add_job(
+            _guarded("daily_summary", self.run_daily_summary),
+            trigger,
+            id="daily_summary",
+            name="daily_summary",
+            misfire_grace_time=int(SUMMARY_GRACE.total_seconds()),
+            **common,
+            **({"next_run_time": now} if catch_up else {}),
+        )
+
+    # --------------------------------------------------------------- reminders
+    async def run_reminders(self) -> int:
+        """Remind buyers whose unpaid invoice expires within ``reminder_before``; once per
+        order. Returns how many reminders were queued."""
+        now = utcnow()
+        async with self.sessions() as session:
+            due = (
+                (
+                    await session.execute(
+                        select(Order.id)
+                        .join(User, User.id == Order.user_id)
+                        .where(
+                            Order.status == OrderStatus.AWAITING_PAYMENT.value,
+                            Order.reminder_sent.is_(False),
+                            Order.expires_at > now,
+                            Order.expires_at <= now + self.reminder_before,
+                            # Buyers who turned reminders off are skipped, not marked: turning
+                            # them back on in time still brings this order's reminder.
+                            User.notify_reminders.is_(True),
+                            User.reachable.is_(True),
+                        )
+                        .order_by(Order.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        sent = 0
+        for order_id in due:
+            async with self.sessions() as session, session.begin():
+                if await self._remind(session, order_id, now):
+                    sent += 1
+        return sent
+
+    async def _remind(self, session: AsyncSession, order_id: int, now: datetime) -> bool:
+        claimed = await session.execute(
+            update(Order)
+            .where(
+                Order.id == order_id,
+                Order.status == OrderStatus.AWAITING_PAYMENT.value,
+                Order.reminder_sent.is_(False),
+            )
+            .values(reminder_sent=True)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return False  # another run (or a payment) got there first
+        order = await session.get(Order, order_id)
+        assert order is not None and order.expires_at is not None
+        assert order.crypto_amount is not None and order.pay_address is not None
+        minutes_left = max(1, int((order.expires_at - now).total_seconds() // 60))
+        repo.add_event(
+            session,
+            order_id,
+            "reminder_sent",
+            actor="job:reminders",
+            detail={"minutes_left": minutes_left},
+            status=order.status,
+        )
+        await self.notifier.user(
+            session,
+            order.user_id,
+            "alerts.reminder",
+            dedupe=f"reminder:{order_id}",
+            buttons=[[("pay.check", OrderCb(action="check", order_id=order_id).pack())]],
+            order_id=order_id,
+            minutes=minutes_left,
+            amount=format_crypto(order.crypto_amount, order.asset),
+            asset=order.asset,
+            network=order.network or order.asset,
+            address=order.pay_address,
+            total=format_usd(order.total_usd),
+            expires=self._local(order.expires_at),
+        )
+        log.info("reminder_queued order=%s user=%s", order_id, order.user_id)
+        return True
+
+    # ------------------------------------------------------------- quota sweep
+    async def sweep_keys(self) -> dict[str, KeyInfo]:
+        """Every key of the account by hash: ceil(n/100) GET /keys calls in all."""
+        return {info.hash: info async for info in self.openrouter.iter_keys()}
+
+    async def run_quota_sweep(self) -> SweepResult:
+        """Refresh the buyers' cached key figures and announce newly crossed thresholds."""
+        keys = await self.sweep_keys()  # network first, no transaction open
+        now = utcnow()
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        ApiKey.id,
+                        ApiKey.user_id,
+                        ApiKey.openrouter_hash,
+                        User.quota_alert_level,
+                        User.notify_quota,
+                        User.language,
+                    ).join(User, User.id == ApiKey.user_id)
+                )
+            ).all()
+        matched = [(row, keys[row.openrouter_hash]) for row in rows if row.openrouter_hash in keys]
+        if matched:
+            async with self.sessions() as session, session.begin():
+                await session.execute(
+                    update(ApiKey),
+                    [
+                        {
+                            "id": row.id,
+                            "last_limit": info.limit,
+                            "last_usage": info.usage,
+                            "last_usage_daily": info.usage_daily,
+                            "last_usage_weekly": info.usage_weekly,
+                            "last_usage_monthly": info.usage_monthly,
+                            "last_checked_at": now,
+                        }
+                        for row, info in matched
+                    ],
+                )
+        alerts = rearmed = 0
+        moves = [
+            (row, info, share, level)
+            for row, info in matched
+            if (level := alert_level(share := used_share(info.limit, info.usage)))
+            != row.quota_alert_level
+        ]
+        # A transaction per chunk, not per buyer: one commit per ALERT_CHUNK moves (each
+        # still a compare-and-set). A failed chunk rolls back whole; the next sweep
+        # redoes it and the dedupe keys keep its alerts single.
+        for start in range(0, len(moves), ALERT_CHUNK):
+            async with self.sessions() as session, session.begin():
+                for row, info, share, level in moves[start : start + ALERT_CHUNK]:
+                    moved = await session.execute(
+                        update(User)
+                        .where(
+                            User.id == row.user_id,
+                            User.quota_alert_level == row.quota_alert_level,
+                        )
+                        .values(quota_alert_level=level)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if moved.rowcount != 1:  # type: ignore[attr-defined]
+                        continue  # a concurrent sweep already moved it
+                    if level < row.quota_alert_level:
+                        # A top-up lowered the share: re-arm quietly.
+                        rearmed += 1
+                        log.info(
+                            "quota_alert_rearmed user=%s from=%s to=%s",
+                            row.user_id,
+                            row.quota_alert_level,
+                            level,
+                        )
+                        continue
+                    alerts += 1
+                    # Crossed while alerts were off: the level still moves, so turning
+                    # alerts on later does not bring an old crossing back.
+                    if row.notify_quota and share is not None and info.limit is not None:
+                        await self._quota_alert(
+                            session, row.user_id, level, share, info, language=row.language
+                        )
+        return SweepResult(len(keys), len(matched), alerts, rearmed)
+
+    async def _quota_alert(
+        self,
+        session: AsyncSession,
+        user_id: int,
+        level: int,
+        share: Decimal,
+        info: KeyInfo,
+        *,
+        language: str | None = None,
+    ) -> None:
+        assert info.limit is not None
+        remaining = max(Decimal(0), info.limit - info.usage)
+        await self.notifier.user(
+            session,
+            user_id,
+            f"alerts.quota_{level}",
+            dedupe=f"quota:{user_id}:{level}:{info.limit.quantize(CENT)}",
+            buttons=QUOTA_BUTTONS,
+            # Read with the sweep's rows: one query fewer per alert (docs/performance.md).
+            language=language,
+            percent=str((share * 100).quantize(Decimal(1), rounding=ROUND_DOWN)),
+            used=format_usd(info.usage),
+            limit=format_usd(info.limit),
+            remaining=format_usd(remaining),
+        )
+        log.info("quota_alert_queued user=%s level=%s", user_id, level)
+
+    # ----------------------------------------------------------- daily summary
+    async def run_daily_summary(self, now: datetime | None = None) -> int:
+        """Usage today and what remains, for buyers who turned the summary on; at most
+        one per buyer per local day. Returns how many summaries were queued."""
+        now = now or utcnow()
+        local_date = now.astimezone(self.zone).date().isoformat()
+        async with self.sessions() as session:
+            wanted = (
+                await session.execute(
+                    select(User.id, ApiKey.openrouter_hash)
+                    .join(ApiKey, ApiKey.user_id == User.id)
+                    .where(User.daily_summary.is_(True), User.reachable.is_(True))
+                    .order_by(User.id)
+                )
+            ).all()
+        if not wanted:
+            return 0  # nobody asked: no call to OpenRouter
+        keys = await self.sweep_keys()
+        queued = 0
+        for user_id, key_hash in wanted:
+            info = keys.get(key_hash)
+            if info is None:
+                continue
+            dedupe = f"summary:{user_id}:{local_date}"
+            async with self.sessions() as session, session.begin():
+                if await _queued(session, dedupe):
+                    continue
+                limit = info.limit or Decimal(0)
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "alerts.daily_summary",
+                    dedupe=dedupe,
+                    buttons=QUOTA_BUTTONS,
+                    date=local_date,
+                    today=format_usd(info.usage_daily),
+                    used=format_usd(info.usage),
+                    limit=format_usd(limit),
+                    remaining=format_usd(max(Decimal(0), limit - info.usage)),
+                )
+                queued += 1
+        return queued
+
+    def _local(self, moment: datetime) -> str:
+        return moment.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+async def _queued(session: AsyncSession, dedupe: str) -> bool:
+    """Whether a message with this dedupe key exists (the insert's ON CONFLICT is the
+    real guard; this only keeps the count honest)."""
+    found = await session.execute(
+        select(OutboxMessage.id).where(OutboxMessage.dedupe_key == dedupe)
+    )
+    return found.first() is not None
+
+
+def _guarded(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        try:
+            await job()
+        except ExternalError as exc:
+            log.warning("job_external_error job=%s error=%s", name, exc)
+        except Exception:
+            log.exception("job_failed job=%s", name)
+
+    return run

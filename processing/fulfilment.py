@@ -1,0 +1,562 @@
+"""Fulfilment (SPEC §2): turn a paid order into OpenRouter credit on the buyer's key.
+
+Buying = PATCHing the buyer's key limit to the ABSOLUTE sum of the base cost of their
+delivered orders plus this one, computed from our ledger; a retry PATCHes the same
+number, so no retry can double-credit. All orders of one buyer raise one key, so a
+buyer's fulfilment is serialised by a lease on the user row (fencing token = lease
+owner). No transaction is open during an OpenRouter call:
+claim (commit) → key/balance/PATCH over HTTP → record (commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.callbacks import MenuCb
+from db import repo
+from db.models import ApiKey, Order, OrderEvent, OrderStatus, User
+from services.clock import utcnow
+from services.errors import OpenRouterError
+from services.money import ceil_cents, format_tokens, format_usd
+from services.notify import API_KEY_SLOT, Notifier
+from services.openrouter import KeyInfo, OpenRouterClient
+from services.vault import KeyVault
+
+log = logging.getLogger(__name__)
+
+KEY_NAME_PREFIX = "tg-"
+# Buttons under a delivery: buy more, see the quota (callback data of bot.callbacks.MenuCb).
+AFTER_DELIVERY = [
+    [
+        ("menu.ai_tokens", MenuCb(action="tokens").pack()),
+        ("menu.quota", MenuCb(action="quota").pack()),
+    ]
+]
+KEY_CREATE_STARTED = "key_create_started"
+CLAIMABLE = (OrderStatus.PAID, OrderStatus.AWAITING_FUNDS, OrderStatus.FULFILLING)
+
+
+def key_name(user_id: int) -> str:
+    return f"{KEY_NAME_PREFIX}{user_id}"
+
+
+class LeaseLost(Exception):
+    """Another worker owns this buyer now; stop without touching anything else."""
+
+
+@dataclass(frozen=True)
+class Funds:
+    available: Decimal  # total_credits - total_usage
+    committed: Decimal  # Σ limit_remaining of every buyer key
+
+    @property
+    def headroom(self) -> Decimal:
+        return self.available - self.committed
+
+
+class Fulfilment:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        openrouter: OpenRouterClient,
+        vault: KeyVault,
+        notifier: Notifier,
+        *,
+        lease: timedelta = timedelta(minutes=5),
+        max_attempts: int = 8,
+        retry_base: timedelta = timedelta(seconds=5),
+        funds_recheck: timedelta = timedelta(seconds=30),
+        concurrency: int = 4,
+        funds_ttl: float = 10.0,
+    ) -> None:
+        self.sessions = sessions
+        self.openrouter = openrouter
+        self.vault = vault
+        self.notifier = notifier
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.funds_recheck = funds_recheck
+        self.concurrency = concurrency
+        self._commit_lock = asyncio.Lock()
+        self.funds_ttl = funds_ttl
+        self._funds: tuple[float, Funds] | None = None
+        self._local: dict[int, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ jobs
+    async def run_due(self) -> int:
+        """Job: fulfil every buyer with a paid, stalled or waiting-for-funds order."""
+        now = utcnow()
+        async with self.sessions() as session:
+            user_ids = (
+                (
+                    await session.execute(
+                        select(Order.user_id)
+                        .where(
+                            or_(
+                                (Order.status == OrderStatus.PAID.value)
+                                & (
+                                    (Order.next_attempt_at.is_(None))
+                                    | (Order.next_attempt_at <= now)
+                                ),
+                                (Order.status == OrderStatus.FULFILLING.value)
+                                & (Order.lease_until < now),
+                                (Order.status == OrderStatus.AWAITING_FUNDS.value)
+                                & (
+                                    (Order.next_attempt_at.is_(None))
+                                    | (Order.next_attempt_at <= now)
+                                ),
+                            )
+                        )
+                        .distinct()
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        # Buyers are independent (each has its own lease), so a few go at once: one
+        # buyer whose OpenRouter calls hang must not hold up everyone else.
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(user_id: int) -> None:
+            async with gate:
+                await self.fulfil_user(user_id)
+
+        await asyncio.gather(*(one(user_id) for user_id in user_ids))
+        return len(user_ids)
+
+    async def fulfil_user(self, user_id: int) -> None:
+        """Fulfil this buyer's due orders one by one, holding the buyer's lease."""
+        lock = self._local.setdefault(user_id, asyncio.Lock())
+        if lock.locked():
+            return  # this process is already on it; it will pick up new orders too
+        async with lock:
+            token = uuid.uuid4().hex
+            if not await self._claim_user(user_id, token):
+                return
+            try:
+                while True:
+                    order_id = await self._next_order(user_id)
+                    if order_id is None:
+                        break
+                    done = await self._fulfil_order(user_id, order_id, token)
+                    if not done:
+                        break
+            except LeaseLost:
+                log.warning("lease_lost user=%s", user_id)
+            finally:
+                await self._release_user(user_id, token)
+                self._local.pop(user_id, None)
+
+    # --------------------------------------------------------------- leasing
+    async def _claim_user(self, user_id: int, token: str) -> bool:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(User)
+                .where(User.id == user_id, (User.lease_until.is_(None)) | (User.lease_until < now))
+                .values(lease_owner=token, lease_until=now + self.lease)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def _renew(self, session: AsyncSession, user_id: int, token: str) -> None:
+        result = await session.execute(
+            update(User)
+            .where(User.id == user_id, User.lease_owner == token)
+            .values(lease_until=utcnow() + self.lease)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost()
+
+    async def _release_user(self, user_id: int, token: str) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(User)
+                .where(User.id == user_id, User.lease_owner == token)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    async def _next_order(self, user_id: int) -> int | None:
+        now = utcnow()
+        async with self.sessions() as session:
+            return (
+                await session.execute(
+                    select(Order.id)
+                    .where(
+                        Order.user_id == user_id,
+                        or_(
+                            (Order.status == OrderStatus.PAID.value)
+                            & ((Order.next_attempt_at.is_(None)) | (Order.next_attempt_at <= now)),
+                            # Under the user lease no one else is working on it.
+                            Order.status == OrderStatus.FULFILLING.value,
+                            (Order.status == OrderStatus.AWAITING_FUNDS.value)
+                            & ((Order.next_attempt_at.is_(None)) | (Order.next_attempt_at <= now)),
+                        ),
+                    )
+                    .order_by(Order.id)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+
+    # ------------------------------------------------------------- one order
+    async def _fulfil_order(self, user_id: int, order_id: int, token: str) -> bool:
+        """One attempt. True when the order reached a resting state and the next may go."""
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            order = await session.get(Order, order_id)
+            assert order is not None
+            previous = await repo.transition(
+                session,
+                order_id,
+                CLAIMABLE,
+                OrderStatus.FULFILLING,
+                actor=f"worker:{token[:8]}",
+                kind="fulfilment_started",
+                detail={"attempt": order.attempts + 1},
+                lease_owner=token,
+                lease_until=utcnow() + self.lease,
+                attempts=Order.attempts + 1,
+            )
+            if previous is None:
+                return True
+            delivered_sum = await repo.delivered_base_sum(session, user_id)
+            key_row = await repo.get_api_key(session, user_id)
+            base = order.base_usd
+            attempts = order.attempts + 1
+        target = delivered_sum + base
+        try:
+            key_hash, created = await self._ensure_key(user_id, order_id, key_row, token)
+            current = await self.openrouter.get_key(key_hash)
+            # Balance check and PATCH as one section per process: buyers are fulfilled
+            # concurrently, and two checks against the same headroom must not both pass.
+            async with self._commit_lock:
+                # Only the part of the target not yet on the key needs fresh funds: after a
+                # crash between PATCH and commit the key already carries this order.
+                needed = max(Decimal(0), target - (current.limit or Decimal(0)))
+                funds = await self.headroom(needed)
+                if needed > funds.headroom:
+                    await self._await_funds(order_id, user_id, token, previous, needed, funds)
+                    return False
+                # Re-assert the lease just before the write that moves money. A worker that
+                # stalled past its lease may have been overtaken by one that delivered more
+                # of this buyer's orders; PATCHing its older, lower absolute limit would take
+                # credit back. The PATCH itself is bounded by the client's timeouts, which a
+                # lease must outlast (docs/reliability.md).
+                async with self.sessions() as session, session.begin():
+                    await self._renew(session, user_id, token)
+                updated = await self.openrouter.set_key_limit(key_hash, target)
+                self.spent(needed)
+                if updated.limit is None or updated.limit != target:
+                    raise OpenRouterError(
+                        "openrouter",
+                        f"limit after PATCH is {updated.limit}, expected {target}",
+                        transient=True,
+                    )
+        except OpenRouterError as exc:
+            await self._attempt_failed(order_id, user_id, token, attempts, exc)
+            return False
+        await self._delivered(order_id, user_id, token, key_hash, target, updated, created)
+        return True
+
+    async def _ensure_key(
+        self, user_id: int, order_id: int, key_row: ApiKey | None, token: str
+    ) -> tuple[str, bool]:
+        """The buyer's key hash, creating the key once.
+
+        Idempotent: an event is committed before ``POST /keys``; a later attempt that
+        finds it but no stored key knows a crash may have left an orphan, and looks."""
+        if key_row is not None:
+            return key_row.openrouter_hash, False
+        name = key_name(user_id)
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            # Did an earlier attempt start creating this buyer's key? Only then can an
+            # orphan exist, and only then is the whole key list worth reading.
+            tried_before = (
+                await session.execute(
+                    select(OrderEvent.id)
+                    .join(Order, Order.id == OrderEvent.order_id)
+                    .where(Order.user_id == user_id, OrderEvent.kind == KEY_CREATE_STARTED)
+                    .limit(1)
+                )
+            ).scalar_one_or_none() is not None
+            repo.add_event(
+                session,
+                order_id,
+                KEY_CREATE_STARTED,
+                actor=f"worker:{token[:8]}",
+                status=OrderStatus.FULFILLING.value,
+                detail={"name": name},
+            )
+        orphans = await self.openrouter.find_keys_by_name(name) if tried_before else []
+        for orphan in orphans:
+            # A key with our buyer's name that we never stored: a crash after POST
+            # /keys lost its plaintext. It was created with a zero limit, so nothing is
+            # lost by deleting it; one with credit on it is left for the operator.
+            if (orphan.limit or 0) == 0 and orphan.usage == 0:
+                log.warning("orphan_key_deleted user=%s hash=%s", user_id, orphan.hash[:12])
+                await self.openrouter.delete_key(orphan.hash)
+            else:
+                log.error("orphan_key_with_credit user=%s hash=%s", user_id, orphan.hash[:12])
+        info, plaintext = await self.openrouter.create_key(name, Decimal("0"))
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            session.add(
+                ApiKey(
+                    user_id=user_id,
+                    name=name,
+                    openrouter_hash=info.hash,
+                    label=info.label,
+                    encrypted_key=self.vault.encrypt(plaintext),
+                    limit_usd=Decimal("0.00"),
+                    currency="USD",
+                    created_at=now,
+                    updated_at=now,
+                    key_shown=False,
+                )
+            )
+        log.info("key_created user=%s hash=%s", user_id, info.hash[:12])
+        return info.hash, True
+
+    async def headroom(self, needed: Decimal) -> Funds:
+        """Funds for a decision about ``needed`` dollars, read at most every few seconds.
+
+        Listing every key costs O(buyers) calls, too much per delivery. The cache is
+        safe because headroom = credits − Σ key limits − other usage: a buyer spending
+        lowers balance and committed alike, a top-up only raises it, and our own
+        PATCHes are subtracted as they happen (``spent``). A "not enough" answer is
+        always re-read before an order is made to wait.
+        """
+        now = time.monotonic()
+        cached = self._funds
+        if cached is not None and now - cached[0] < self.funds_ttl:
+            funds = cached[1]
+            if needed <= funds.headroom:
+                return funds
+        funds = await self.funds()
+        self._funds = (time.monotonic(), funds)
+        return funds
+
+    def spent(self, amount: Decimal) -> None:
+        """A PATCH raised limits by ``amount``: the cached headroom shrinks by as much."""
+        if self._funds is not None:
+            stamp, funds = self._funds
+            self._funds = (stamp, Funds(funds.available, funds.committed + amount))
+
+    async def funds(self) -> Funds:
+        """Operator balance vs what buyer keys may still spend (SPEC §2)."""
+        credits = await self.openrouter.credits()
+        committed = Decimal(0)
+        async for key in self.openrouter.iter_keys():
+            if key.name.startswith(KEY_NAME_PREFIX) and not key.disabled and key.limit is not None:
+                remaining = key.limit_remaining
+                if remaining is None:
+                    remaining = key.limit - key.usage
+                committed += max(Decimal(0), remaining)
+        return Funds(credits.balance, committed)
+
+    # --------------------------------------------------------------- records
+    async def _delivered(
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        key_hash: str,
+        target: Decimal,
+        info: KeyInfo,
+        created: bool,
+    ) -> None:
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            order = await session.get(Order, order_id)
+            assert order is not None
+            moved = await repo.transition(
+                session,
+                order_id,
+                [OrderStatus.FULFILLING],
+                OrderStatus.DELIVERED,
+                actor=f"worker:{token[:8]}",
+                kind="delivered",
+                detail={"key_hash": key_hash, "limit_usd": str(target)},
+                where={"lease_owner": token},
+                delivered_at=utcnow(),
+                lease_owner=None,
+                lease_until=None,
+                next_attempt_at=None,
+                last_error=None,
+            )
+            if moved is None:
+                raise LeaseLost()
+            key_row = await repo.get_api_key(session, user_id)
+            assert key_row is not None
+            show_key = not key_row.key_shown
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_row.id)
+                .values(limit_usd=target, updated_at=utcnow(), key_shown=True)
+            )
+            usage = info.usage
+            remaining = (
+                info.limit_remaining if info.limit_remaining is not None else (target - usage)
+            )
+            params: dict[str, Any] = {
+                "order_id": order_id,
+                "tokens": format_tokens(order.tokens),
+                "model": order.model,
+                "limit": format_usd(target),
+                "used": format_usd(usage),
+                "remaining": format_usd(remaining),
+            }
+            if show_key:
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delivered_new_key",
+                    dedupe=f"delivered:{order_id}",
+                    payload={"secret_key_of": user_id},
+                    buttons=AFTER_DELIVERY,
+                    api_key=API_KEY_SLOT,
+                    **params,
+                )
+            else:
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delivered_topup",
+                    dedupe=f"delivered:{order_id}",
+                    buttons=AFTER_DELIVERY,
+                    **params,
+                )
+        log.info(
+            "delivered order=%s user=%s limit=%s new_key=%s", order_id, user_id, target, created
+        )
+
+    async def _await_funds(
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        previous: OrderStatus,
+        needed: Decimal,
+        funds: Funds,
+    ) -> None:
+        topup = ceil_cents(needed - max(Decimal(0), funds.headroom))
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            moved = await repo.transition(
+                session,
+                order_id,
+                [OrderStatus.FULFILLING],
+                OrderStatus.AWAITING_FUNDS,
+                actor=f"worker:{token[:8]}",
+                kind="awaiting_funds",
+                detail={
+                    "needed": str(needed),
+                    "available": str(funds.available),
+                    "committed": str(funds.committed),
+                    "topup": str(topup),
+                },
+                where={"lease_owner": token},
+                lease_owner=None,
+                lease_until=None,
+                next_attempt_at=utcnow() + self.funds_recheck,
+            )
+            if moved is None:
+                raise LeaseLost()
+            if previous is not OrderStatus.AWAITING_FUNDS:
+                await self.notifier.admin(
+                    session,
+                    "admin.awaiting_funds",
+                    dedupe=f"awaiting-funds:{order_id}",
+                    order_id=order_id,
+                    topup=format_usd(topup),
+                    available=format_usd(funds.available),
+                    committed=format_usd(funds.committed),
+                    needed=format_usd(needed),
+                )
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delayed",
+                    dedupe=f"delayed:{order_id}",
+                    order_id=order_id,
+                )
+        log.warning("awaiting_funds order=%s topup=%s", order_id, topup)
+
+    async def _attempt_failed(
+        self, order_id: int, user_id: int, token: str, attempts: int, exc: OpenRouterError
+    ) -> None:
+        give_up = not exc.transient or attempts >= self.max_attempts
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            if give_up:
+                moved = await repo.transition(
+                    session,
+                    order_id,
+                    [OrderStatus.FULFILLING],
+                    OrderStatus.FAILED,
+                    actor=f"worker:{token[:8]}",
+                    kind="fulfilment_failed",
+                    detail={"error": str(exc), "attempts": attempts},
+                    where={"lease_owner": token},
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=str(exc)[:2000],
+                )
+                if moved is not None:
+                    await self.notifier.admin(
+                        session,
+                        "admin.fulfilment_failed",
+                        dedupe=f"failed:{order_id}:{attempts}",
+                        order_id=order_id,
+                        user_id=user_id,
+                        error=str(exc)[:500],
+                        attempts=attempts,
+                    )
+                    await self.notifier.user(
+                        session,
+                        user_id,
+                        "notify.failed",
+                        dedupe=f"failed:{order_id}",
+                        order_id=order_id,
+                    )
+            else:
+                delay = self.retry_base * (2 ** (attempts - 1))
+                moved = await repo.transition(
+                    session,
+                    order_id,
+                    [OrderStatus.FULFILLING],
+                    OrderStatus.PAID,
+                    actor=f"worker:{token[:8]}",
+                    kind="fulfilment_retry",
+                    detail={
+                        "error": str(exc),
+                        "attempts": attempts,
+                        "retry_in_s": delay.total_seconds(),
+                    },
+                    where={"lease_owner": token},
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=str(exc)[:2000],
+                    next_attempt_at=utcnow() + min(delay, timedelta(minutes=30)),
+                )
+            if moved is None:
+                raise LeaseLost()
+        log.warning(
+            "fulfilment_attempt_failed order=%s attempts=%s give_up=%s error=%s",
+            order_id,
+            attempts,
+            give_up,
+            exc,
+        )

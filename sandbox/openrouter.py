@@ -1,0 +1,739 @@
+"""OpenRouter emulator: models, Management API keys, credits and a billing chat endpoint.
+
+Speaks the wire shapes of ``shared/reference/providers.md`` under ``/api/v1`` (the bot is
+configured with ``OPENROUTER_BASE_URL = <url>/api/v1``). Errors use OpenRouter's envelope
+``{"error": {"code": N, "message": "..."}}`` with HTTP status = code, including for
+unknown routes. Every amount is a ``Decimal``; request bodies are parsed with ``loads``.
+
+Test steering lives under ``/control/`` (never faulted, never logged):
+
+- ``POST /control/credits`` ``{total_credits?, total_usage?}``, ``GET /control/credits``
+- ``POST /control/keys/{hash}/spend`` ``{amount, daily?, weekly?, monthly?}``
+- ``GET /control/keys`` — every key ever created, with its plaintext ``key`` and ``deleted``
+- ``POST /control/models`` — replace the catalogue: ``[{id, name?, prompt, completion}]``
+- ``GET /control/requests?after=N`` — the log of API requests (a JSON list)
+- ``POST /control/reset`` — back to the constructor's state (keys, log, faults cleared)
+- ``POST|GET|DELETE /control/faults`` — see ``sandbox.common.FaultInjector``
+
+Emulator simplifications, on purpose:
+
+- usage_daily/weekly/monthly never reset by the clock; tests set them via ``spend``.
+- Chat completions bill only ``max_tokens`` (default 100) completion tokens at the
+  completion price, so a test can compute the exact cost; the prompt is free.
+  A variable-priced router (price ``"-1"``, e.g. ``openrouter/auto``) bills at the
+  catalogue's highest completion price and answers with that model's id.
+- The optional ordinary ``api_key`` (the account's own inference key) is not listed by
+  ``GET /keys``; it has no limit and its inference is billed to the account only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from sandbox.common import FaultInjector, json_response, loads, plain_number
+
+API_PREFIX = "/api/v1"
+CONTROL_PREFIX = "/control"
+KEYS_PAGE_SIZE = 100
+DEFAULT_MAX_TOKENS = 100
+LIMIT_RESETS = ("daily", "weekly", "monthly")
+
+# id, name, prompt price, completion price (USD per token, as OpenRouter writes them), context
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "anthropic/claude-3-sonnet",
+        "name": "Anthropic: Claude 3 Sonnet",
+        "prompt": "0.000003",
+        "completion": "0.000015",
+        "context_length": 200000,
+    },
+    {
+        "id": "openai/gpt-4o-mini",
+        "name": "OpenAI: GPT-4o-mini",
+        "prompt": "0.00000015",
+        "completion": "0.0000006",
+        "context_length": 128000,
+    },
+    {
+        "id": "meta-llama/llama-3.1-8b-instruct",
+        "name": "Meta: Llama 3.1 8B Instruct",
+        "prompt": "0.00000002",
+        "completion": "0.00000005",
+        "context_length": 131072,
+    },
+    {
+        "id": "google/gemini-flash-1.5",
+        "name": "Google: Gemini Flash 1.5",
+        "prompt": "0.000000075",
+        "completion": "0.0000003",
+        "context_length": 1000000,
+    },
+    {
+        "id": "mistralai/mistral-7b-instruct:free",
+        "name": "Mistral: Mistral 7B Instruct (free)",
+        "prompt": "0",
+        "completion": "0",
+        "context_length": 32768,
+    },
+    {
+        # A router: its price depends on the model it picks, written as "-1".
+        "id": "openrouter/auto",
+        "name": "Auto Router",
+        "prompt": "-1",
+        "completion": "-1",
+        "context_length": 2000000,
+    },
+]
+
+
+class ApiError(Exception):
+    """An OpenRouter error answer: HTTP status = ``code``, body = the error envelope."""
+
+    def __init__(self, code: int, message: str, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.metadata = metadata
+
+    def response(self) -> web.Response:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.metadata is not None:
+            error["metadata"] = self.metadata
+        return json_response({"error": error}, status=self.code)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _amount(value: Any, field_name: str, *, allow_negative: bool = False) -> Decimal:
+    """A JSON number (int or Decimal from ``loads``) as Decimal; bools and strings refused."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ApiError(400, f"{field_name} must be a number")
+    amount = Decimal(value)
+    if not amount.is_finite() or (amount < 0 and not allow_negative):
+        raise ApiError(400, f"{field_name} must be a non-negative number")
+    return amount
+
+
+def _price(value: Any, field_name: str) -> Decimal:
+    """A catalogue price: decimal string or JSON number ("-1" = variable)."""
+    if isinstance(value, bool):
+        raise ApiError(400, f"{field_name} must be a decimal string or number")
+    try:
+        price = Decimal(value) if isinstance(value, int | Decimal | str) else None
+    except InvalidOperation:
+        price = None
+    if price is None or not price.is_finite():
+        raise ApiError(400, f"{field_name} must be a decimal string or number")
+    return price
+
+
+def _optional_bool(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a boolean")
+    return value
+
+
+def _limit_reset(value: Any) -> str | None:
+    if value is None or value in LIMIT_RESETS:
+        return value  # type: ignore[no-any-return]
+    raise ApiError(400, "limit_reset must be one of daily, weekly, monthly or null")
+
+
+async def _json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "Request body must be a JSON object")
+        return {}
+    try:
+        body = loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"Invalid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+@dataclass
+class Model:
+    id: str
+    name: str
+    prompt: Decimal
+    completion: Decimal
+    context_length: int = 128000
+    created: int = field(default_factory=lambda: int(time.time()) - 86400 * 365)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Model:
+        """From ``{id, name?, prompt, completion}`` or a full API object with ``pricing``."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("id"), str):
+            raise ApiError(400, "each model needs a string id")
+        nested = spec.get("pricing")
+        pricing: dict[str, Any] = nested if isinstance(nested, dict) else spec
+        context = spec.get("context_length", 128000)
+        return cls(
+            id=spec["id"],
+            name=str(spec.get("name") or spec["id"]),
+            prompt=_price(pricing.get("prompt", "0"), "prompt"),
+            completion=_price(pricing.get("completion", "0"), "completion"),
+            context_length=context if isinstance(context, int) else 128000,
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        # Prices are decimal *strings*, USD per token: that is how OpenRouter writes them.
+        return {
+            "id": self.id,
+            "canonical_slug": self.id,
+            "name": self.name,
+            "created": self.created,
+            "description": f"{self.name} (emulated)",
+            "context_length": self.context_length,
+            "architecture": {
+                "modality": "text->text",
+                "input_modalities": ["text"],
+                "output_modalities": ["text"],
+                "tokenizer": "Other",
+                "instruct_type": None,
+            },
+            "pricing": {
+                "prompt": plain_number(self.prompt),
+                "completion": plain_number(self.completion),
+                "request": "0",
+                "image": "0",
+            },
+            "top_provider": {
+                "context_length": self.context_length,
+                "max_completion_tokens": None,
+                "is_moderated": False,
+            },
+            "per_request_limits": None,
+            "supported_parameters": ["max_tokens", "temperature", "top_p", "stop"],
+        }
+
+
+@dataclass
+class Key:
+    key: str  # plaintext "sk-or-v1-<64 hex>", shown by the API only at creation
+    name: str
+    limit: Decimal | None = None
+    limit_reset: str | None = None
+    include_byok_in_limit: bool = False
+    expires_at: str | None = None
+    disabled: bool = False
+    deleted: bool = False
+    created_at: str = field(default_factory=_now_iso)
+    updated_at: str | None = None
+    usage: Decimal = Decimal(0)
+    usage_daily: Decimal = Decimal(0)
+    usage_weekly: Decimal = Decimal(0)
+    usage_monthly: Decimal = Decimal(0)
+
+    @classmethod
+    def new(cls, name: str) -> Key:
+        return cls(key="sk-or-v1-" + secrets.token_hex(32), name=name)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        secret = self.key.removeprefix("sk-or-v1-")
+        return f"sk-or-v1-{secret[:3]}...{secret[-4:]}"
+
+    def period_usage(self) -> Decimal:
+        """The usage the limit is counted against: the reset period's, or all of it."""
+        if self.limit_reset == "daily":
+            return self.usage_daily
+        if self.limit_reset == "weekly":
+            return self.usage_weekly
+        if self.limit_reset == "monthly":
+            return self.usage_monthly
+        return self.usage
+
+    @property
+    def limit_remaining(self) -> Decimal | None:
+        # Not clamped at zero: a test may push usage past the limit on purpose.
+        return None if self.limit is None else self.limit - self.period_usage()
+
+    def expired(self) -> bool:
+        if self.expires_at is None:
+            return False
+        try:
+            moment = datetime.fromisoformat(self.expires_at)
+        except ValueError:
+            return False
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment <= datetime.now(UTC)
+
+    def add_usage(
+        self,
+        amount: Decimal,
+        *,
+        daily: Decimal | None = None,
+        weekly: Decimal | None = None,
+        monthly: Decimal | None = None,
+    ) -> None:
+        self.usage += amount
+        self.usage_daily += amount if daily is None else daily
+        self.usage_weekly += amount if weekly is None else weekly
+        self.usage_monthly += amount if monthly is None else monthly
+
+    def to_api(self) -> dict[str, Any]:
+        zero = Decimal(0)
+        return {
+            "hash": self.hash,
+            "name": self.name,
+            "label": self.label,
+            "disabled": self.disabled,
+            "limit": self.limit,
+            "limit_remaining": self.limit_remaining,
+            "limit_reset": self.limit_reset,
+            "include_byok_in_limit": self.include_byok_in_limit,
+            "usage": self.usage,
+            "usage_daily": self.usage_daily,
+            "usage_weekly": self.usage_weekly,
+            "usage_monthly": self.usage_monthly,
+            "byok_usage": zero,
+            "byok_usage_daily": zero,
+            "byok_usage_weekly": zero,
+            "byok_usage_monthly": zero,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "expires_at": self.expires_at,
+        }
+
+
+class OpenRouterEmulator:
+    """An in-process OpenRouter account: one management key, buyer keys, credits."""
+
+    def __init__(
+        self,
+        management_key: str,
+        *,
+        api_key: str | None = None,
+        models: list[dict[str, Any]] | None = None,
+        total_credits: Decimal = Decimal("100"),
+        total_usage: Decimal = Decimal("0"),
+        credits_auth: str = "management",
+    ) -> None:
+        """``credits_auth``: "management" (current docs) or "any" (older docs let an
+        ordinary key read ``GET /credits`` too)."""
+        if credits_auth not in ("management", "any"):
+            raise ValueError("credits_auth must be 'management' or 'any'")
+        self.management_key = management_key
+        self.api_key = api_key
+        self.credits_auth = credits_auth
+        self._initial_models = list(models if models is not None else DEFAULT_MODELS)
+        self._initial_credits = (Decimal(total_credits), Decimal(total_usage))
+        self.faults = FaultInjector(control_prefix=CONTROL_PREFIX)
+        self.models: list[Model] = []
+        self.keys: dict[str, Key] = {}  # by hash, in creation order
+        self.account_key: Key | None = None
+        self.total_credits = Decimal(0)
+        self.total_usage = Decimal(0)
+        self.request_log: list[dict[str, Any]] = []
+        self._seq = itertools.count(1)
+        self.reset()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self.models = [Model.from_spec(spec) for spec in self._initial_models]
+        self.keys = {}
+        self.account_key = Key(key=self.api_key, name="account api key") if self.api_key else None
+        self.total_credits, self.total_usage = self._initial_credits
+        self.request_log = []
+        self._seq = itertools.count(1)
+        self.faults.clear()
+        self.faults.hits = 0
+
+    def _live_key(self, key_hash: str) -> Key:
+        key = self.keys.get(key_hash)
+        if key is None or key.deleted:
+            raise ApiError(404, "Resource not found")
+        return key
+
+    def _key_by_plaintext(self, token: str) -> Key | None:
+        if self.account_key is not None and token == self.account_key.key:
+            return self.account_key
+        key = self.keys.get(hashlib.sha256(token.encode()).hexdigest())
+        return None if key is None or key.deleted else key
+
+    # ------------------------------------------------------------------- auth
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
+    def _require_management(self, request: web.Request) -> None:
+        token = self._bearer(request)
+        if token is None:
+            raise ApiError(401, "No auth credentials found")
+        if secrets.compare_digest(token, self.management_key):
+            return
+        if self._key_by_plaintext(token) is not None:
+            raise ApiError(403, "Only management keys can perform this operation")
+        raise ApiError(401, "Invalid credentials")
+
+    def _require_inference_key(self, request: web.Request) -> Key:
+        token = self._bearer(request)
+        if token is None:
+            raise ApiError(401, "No auth credentials found")
+        if secrets.compare_digest(token, self.management_key):
+            raise ApiError(403, "Management keys cannot be used for inference")
+        key = self._key_by_plaintext(token)
+        if key is None:
+            raise ApiError(401, "Invalid credentials")
+        if key.disabled:
+            raise ApiError(401, "API key is disabled")
+        if key.expired():
+            raise ApiError(401, "API key has expired")
+        return key
+
+    # ------------------------------------------------------------------- app
+    def _build_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._log_middleware, self.faults.middleware, self._error_middleware]
+        )
+        r = app.router
+        r.add_get(f"{API_PREFIX}/models", self.get_models)
+        r.add_post(f"{API_PREFIX}/keys", self.create_key)
+        r.add_get(f"{API_PREFIX}/keys", self.list_keys)
+        r.add_get(f"{API_PREFIX}/keys/{{hash}}", self.get_key)
+        r.add_patch(f"{API_PREFIX}/keys/{{hash}}", self.patch_key)
+        r.add_delete(f"{API_PREFIX}/keys/{{hash}}", self.delete_key)
+        r.add_get(f"{API_PREFIX}/key", self.current_key)
+        r.add_get(f"{API_PREFIX}/credits", self.get_credits)
+        r.add_post(f"{API_PREFIX}/credits/coinbase", self.coinbase)
+        r.add_post(f"{API_PREFIX}/chat/completions", self.chat_completions)
+        r.add_route("*", f"{API_PREFIX}/{{tail:.*}}", self.not_found)
+
+        r.add_post(f"{CONTROL_PREFIX}/credits", self.control_set_credits)
+        r.add_get(f"{CONTROL_PREFIX}/credits", self.control_credits)
+        r.add_post(f"{CONTROL_PREFIX}/keys/{{hash}}/spend", self.control_spend)
+        r.add_get(f"{CONTROL_PREFIX}/keys", self.control_keys)
+        r.add_post(f"{CONTROL_PREFIX}/models", self.control_models)
+        r.add_get(f"{CONTROL_PREFIX}/requests", self.control_requests)
+        r.add_post(f"{CONTROL_PREFIX}/reset", self.control_reset)
+        self.faults.install_control_routes(app)
+        return app
+
+    @web.middleware
+    async def _log_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record every API request (faulted ones too) with what the bot actually sent."""
+        if request.path.startswith(CONTROL_PREFIX):
+            return await handler(request)
+        raw = await request.read()
+        try:
+            body = loads(raw) if raw.strip() else None
+        except ValueError:
+            body = None
+        entry: dict[str, Any] = {
+            "seq": next(self._seq),
+            "at": _now_iso(),
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "body": body,
+            "status": None,
+        }
+        self.request_log.append(entry)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            entry["status"] = exc.status
+            raise
+        entry["status"] = response.status
+        return response
+
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if request.path.startswith(CONTROL_PREFIX):
+                raise
+            return ApiError(exc.status, exc.reason).response()
+
+    # ------------------------------------------------------------- API routes
+    async def get_models(self, request: web.Request) -> web.Response:
+        # Public: OpenRouter serves the catalogue without a key.
+        return json_response({"data": [model.to_api() for model in self.models]})
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        body = await _json_object(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ApiError(400, "name is required and must be a non-empty string")
+        key = Key.new(name)
+        limit = body.get("limit")
+        key.limit = None if limit is None else _amount(limit, "limit")
+        key.limit_reset = _limit_reset(body.get("limit_reset"))
+        key.include_byok_in_limit = bool(_optional_bool(body, "include_byok_in_limit"))
+        expires_at = body.get("expires_at")
+        if expires_at is not None:
+            if not isinstance(expires_at, str):
+                raise ApiError(400, "expires_at must be an ISO 8601 string")
+            try:
+                datetime.fromisoformat(expires_at)
+            except ValueError as exc:
+                raise ApiError(400, "expires_at must be an ISO 8601 string") from exc
+            key.expires_at = expires_at
+        self.keys[key.hash] = key
+        # The plaintext appears in this answer only; OpenRouter never shows it again.
+        return json_response({"data": key.to_api(), "key": key.key}, status=201)
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        try:
+            offset = int(request.query.get("offset", "0"))
+        except ValueError as exc:
+            raise ApiError(400, "offset must be an integer") from exc
+        if offset < 0:
+            raise ApiError(400, "offset must be non-negative")
+        include_disabled = request.query.get("include_disabled", "false").lower()
+        if include_disabled not in ("true", "false"):
+            raise ApiError(400, "include_disabled must be true or false")
+        live = [
+            key
+            for key in self.keys.values()
+            if not key.deleted and (include_disabled == "true" or not key.disabled)
+        ]
+        page = live[offset : offset + KEYS_PAGE_SIZE]
+        return json_response({"data": [key.to_api() for key in page]})
+
+    async def get_key(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        return json_response({"data": self._live_key(request.match_info["hash"]).to_api()})
+
+    async def patch_key(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        key = self._live_key(request.match_info["hash"])
+        body = await _json_object(request)
+        # Validate everything first so a bad field changes nothing.
+        changes: dict[str, Any] = {}
+        if "name" in body:
+            if not isinstance(body["name"], str) or not body["name"].strip():
+                raise ApiError(400, "name must be a non-empty string")
+            changes["name"] = body["name"]
+        if "disabled" in body:
+            if not isinstance(body["disabled"], bool):
+                raise ApiError(400, "disabled must be a boolean")
+            changes["disabled"] = body["disabled"]
+        if "limit" in body:
+            limit = body["limit"]
+            changes["limit"] = None if limit is None else _amount(limit, "limit")
+        if "limit_reset" in body:
+            changes["limit_reset"] = _limit_reset(body["limit_reset"])
+        if "include_byok_in_limit" in body:
+            if not isinstance(body["include_byok_in_limit"], bool):
+                raise ApiError(400, "include_byok_in_limit must be a boolean")
+            changes["include_byok_in_limit"] = body["include_byok_in_limit"]
+        for name, value in changes.items():
+            setattr(key, name, value)
+        key.updated_at = _now_iso()
+        return json_response({"data": key.to_api()})
+
+    async def delete_key(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        self._live_key(request.match_info["hash"]).deleted = True
+        return json_response({"deleted": True})
+
+    async def current_key(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is not None and secrets.compare_digest(token, self.management_key):
+            data: dict[str, Any] = {
+                "label": f"sk-or-v1-{self.management_key[-4:]}",
+                "limit": None,
+                "limit_remaining": None,
+                "limit_reset": None,
+                "usage": self.total_usage,
+                "usage_daily": Decimal(0),
+                "usage_weekly": Decimal(0),
+                "usage_monthly": Decimal(0),
+                "is_free_tier": False,
+                "is_management_key": True,
+            }
+            return json_response({"data": data})
+        key = self._require_inference_key(request)
+        data = {
+            "label": key.label,
+            "limit": key.limit,
+            "limit_remaining": key.limit_remaining,
+            "limit_reset": key.limit_reset,
+            "usage": key.usage,
+            "usage_daily": key.usage_daily,
+            "usage_weekly": key.usage_weekly,
+            "usage_monthly": key.usage_monthly,
+            "include_byok_in_limit": key.include_byok_in_limit,
+            "is_free_tier": False,
+            "is_management_key": False,
+            "expires_at": key.expires_at,
+        }
+        return json_response({"data": data})
+
+    async def get_credits(self, request: web.Request) -> web.Response:
+        if self.credits_auth == "any":
+            token = self._bearer(request)
+            if token is None or not (
+                secrets.compare_digest(token, self.management_key)
+                or self._key_by_plaintext(token) is not None
+            ):
+                raise ApiError(
+                    401, "No auth credentials found" if token is None else "Invalid credentials"
+                )
+        else:
+            self._require_management(request)
+        return json_response(self._credits_payload())
+
+    async def coinbase(self, request: web.Request) -> web.Response:
+        # The crypto top-up endpoint was removed; top-ups are web-only now.
+        raise ApiError(
+            410,
+            "The Coinbase Commerce credits API has been removed. "
+            "Please purchase credits on https://openrouter.ai/settings/credits",
+        )
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        key = self._require_inference_key(request)
+        body = await _json_object(request)
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "model is required")
+        model = next((m for m in self.models if m.id == model_id), None)
+        if model is None:
+            raise ApiError(400, f"{model_id} is not a valid model ID")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "messages must be a non-empty array")
+        max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ApiError(400, "max_tokens must be a positive integer")
+
+        served = model
+        if model.completion < 0:  # a router: bill as the priciest model it could pick
+            priced = [m for m in self.models if m.completion >= 0]
+            if not priced:
+                raise ApiError(503, "No model available for routing")
+            served = max(priced, key=lambda m: m.completion)
+        cost = served.completion * max_tokens
+        remaining = key.limit_remaining
+        if remaining is not None and remaining < cost:
+            period = key.limit_reset or "total"
+            raise ApiError(403, f"Key limit exceeded ({period} limit)")
+        if self.total_credits - self.total_usage < cost:
+            raise ApiError(
+                402, "Insufficient credits. Add more using https://openrouter.ai/credits"
+            )
+        key.add_usage(cost)
+        self.total_usage += cost
+
+        prompt_tokens = sum(
+            len(str(m.get("content", ""))) // 4 + 1 for m in messages if isinstance(m, dict)
+        )
+        return json_response(
+            {
+                "id": f"gen-{int(time.time())}-{secrets.token_hex(10)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": served.id,
+                "provider": "Emulator",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": f"Hello from the OpenRouter emulator ({served.id}).",
+                        },
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": max_tokens,
+                    "total_tokens": prompt_tokens + max_tokens,
+                    "cost": cost,
+                },
+            }
+        )
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        raise ApiError(404, "Resource not found")
+
+    # --------------------------------------------------------- control routes
+    def _credits_payload(self) -> dict[str, Any]:
+        return {"data": {"total_credits": self.total_credits, "total_usage": self.total_usage}}
+
+    async def control_set_credits(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        if body.get("total_credits") is not None:
+            self.total_credits = _amount(body["total_credits"], "total_credits")
+        if body.get("total_usage") is not None:
+            self.total_usage = _amount(body["total_usage"], "total_usage")
+        return json_response(self._credits_payload())
+
+    async def control_credits(self, request: web.Request) -> web.Response:
+        return json_response(self._credits_payload())
+
+    async def control_spend(self, request: web.Request) -> web.Response:
+        key = self._live_key(request.match_info["hash"])
+        body = await _json_object(request)
+        # Negative amounts are allowed: a test may want to undo usage.
+        amount = _amount(body.get("amount"), "amount", allow_negative=True)
+        periods = {
+            name: None if body.get(name) is None else _amount(body[name], name, allow_negative=True)
+            for name in ("daily", "weekly", "monthly")
+        }
+        key.add_usage(amount, **periods)
+        self.total_usage += amount
+        return json_response({"data": key.to_api()})
+
+    async def control_keys(self, request: web.Request) -> web.Response:
+        rows = [
+            {**key.to_api(), "key": key.key, "deleted": key.deleted} for key in self.keys.values()
+        ]
+        return json_response({"data": rows})
+
+    async def control_models(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, f"Invalid JSON: {exc}") from exc
+        specs = body.get("models", body.get("data")) if isinstance(body, dict) else body
+        if not isinstance(specs, list):
+            raise ApiError(400, "expected a list of models")
+        self.models = [Model.from_spec(spec) for spec in specs]
+        return json_response({"data": [model.to_api() for model in self.models]})
+
+    async def control_requests(self, request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError as exc:
+            raise ApiError(400, "after must be an integer") from exc
+        return json_response([entry for entry in self.request_log if entry["seq"] > after])
+
+    async def control_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return json_response({"ok": True})

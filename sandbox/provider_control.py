@@ -1,0 +1,165 @@
+"""Async clients for the emulators' ``/control/`` APIs, for tests and the sandbox runner.
+
+Bodies are written with ``dumps`` (Decimals stay exact) and answers parsed with ``loads``
+(numbers with a fraction come back as ``Decimal``). A non-2xx answer raises ``ControlError``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from sandbox.common import dumps, loads
+
+
+class ControlError(RuntimeError):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body[:500]}")
+        self.status = status
+        self.body = body
+
+
+class _ControlClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        # Generous timeout: pay/resend with wait=true answer only after the callbacks.
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        response = await self._http.request(
+            method,
+            path,
+            content=None if body is None else dumps(body),
+            params=params,
+            headers=headers,
+        )
+        if not response.is_success:
+            raise ControlError(method, path, response.status_code, response.text)
+        return loads(response.content) if response.content else None
+
+    # Shared by both emulators -------------------------------------------------
+    async def requests(self, after: int = 0) -> list[dict[str, Any]]:
+        """API requests the emulator received with seq > ``after``, oldest first."""
+        result: list[dict[str, Any]] = await self._call(
+            "GET", "/control/requests", params={"after": after}
+        )
+        return result
+
+    async def add_fault(self, **spec: Any) -> Any:
+        """Rule spec: path (prefix), method, mode (status|timeout|drop), status, body,
+        count (None = until cleared), rate, delay."""
+        return await self._call("POST", "/control/faults", spec)
+
+    async def clear_faults(self) -> Any:
+        return await self._call("DELETE", "/control/faults")
+
+    async def faults(self) -> Any:
+        return await self._call("GET", "/control/faults")
+
+    async def reset(self) -> Any:
+        return await self._call("POST", "/control/reset")
+
+
+class OpenRouterControl(_ControlClient):
+    async def set_credits(
+        self, total_credits: Decimal | None = None, total_usage: Decimal | None = None
+    ) -> Any:
+        body = {"total_credits": total_credits, "total_usage": total_usage}
+        return await self._call("POST", "/control/credits", body)
+
+    async def credits(self) -> Any:
+        """``{"data": {"total_credits", "total_usage"}}``."""
+        return await self._call("GET", "/control/credits")
+
+    async def keys(self) -> list[dict[str, Any]]:
+        """Every key ever created: KeyObject + plaintext ``key`` + ``deleted``."""
+        body = await self._call("GET", "/control/keys")
+        keys: list[dict[str, Any]] = body["data"]
+        return keys
+
+    async def spend(
+        self,
+        key_hash: str,
+        amount: Decimal,
+        *,
+        daily: Decimal | None = None,
+        weekly: Decimal | None = None,
+        monthly: Decimal | None = None,
+    ) -> dict[str, Any]:
+        """Add usage to a key (and the account); returns the KeyObject."""
+        body = {"amount": amount, "daily": daily, "weekly": weekly, "monthly": monthly}
+        answer = await self._call("POST", f"/control/keys/{key_hash}/spend", body)
+        key: dict[str, Any] = answer["data"]
+        return key
+
+    async def set_models(self, models: list[dict[str, Any]]) -> Any:
+        """Replace the catalogue: ``[{id, name?, prompt, completion, context_length?}]``."""
+        return await self._call("POST", "/control/models", models)
+
+
+class KryptoExpressControl(_ControlClient):
+    """``ref`` is a payment id or its hash."""
+
+    async def payments(self) -> list[dict[str, Any]]:
+        """``[{payment, received_amount, missing_amount, expired, callback_secret_set,
+        transfers, deliveries}]``."""
+        result: list[dict[str, Any]] = await self._call("GET", "/control/payments")
+        return result
+
+    async def payment(self, ref: int | str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/control/payments/{ref}")
+        return result
+
+    async def pay(self, ref: int | str, **options: Any) -> dict[str, Any]:
+        """A transfer arrives. Options: amount, callback, signature, signature_mode,
+        deliveries, concurrent, wait. Returns ``{payment, received_amount, deliveries}``."""
+        result: dict[str, Any] = await self._call("POST", f"/control/payments/{ref}/pay", options)
+        return result
+
+    async def expire(
+        self, ref: int | str, callback: bool = False, **options: Any
+    ) -> dict[str, Any]:
+        body = {"callback": callback, **options}
+        result: dict[str, Any] = await self._call("POST", f"/control/payments/{ref}/expire", body)
+        return result
+
+    async def resend(self, ref: int | str, **options: Any) -> dict[str, Any]:
+        """Send the current object (or ``body_override``) to the callbackUrl again."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/control/payments/{ref}/callback", options
+        )
+        return result
+
+    async def set_prices(self, prices: dict[str, Decimal]) -> Any:
+        return await self._call("POST", "/control/prices", prices)

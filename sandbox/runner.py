@@ -1,0 +1,113 @@
+"""Start every emulator on loopback and build the bot's settings pointing at them.
+
+Used by ``run.py --sandbox``, the demo and the tests, so all three run the same setup.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bot.settings import Settings, load_settings
+from sandbox.common import LOOPBACK, Served
+from sandbox.kryptoexpress import KryptoExpressEmulator
+from sandbox.openrouter import OpenRouterEmulator
+from sandbox.telegram import TelegramEmulator
+from sandbox.telegram_control import TelegramControl
+from services.vault import KeyVault
+
+BOT_TOKEN = "123456789:SANDBOX-bot-token-not-real"
+MANAGEMENT_KEY = "sk-or-v1-sandbox-management-key"
+KRYPTO_API_KEY = "sandbox-kryptoexpress-api-key"
+ADMIN_CHAT_ID = -1001000000001
+ADMIN_ID = 1000
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the callback URL must be known upfront)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sandbox:
+    telegram: TelegramEmulator
+    openrouter: OpenRouterEmulator
+    kryptoexpress: KryptoExpressEmulator
+    served: list[Served] = field(default_factory=list)
+    callback_secret: str = field(default_factory=lambda: secrets.token_hex(24))
+
+    @property
+    def telegram_url(self) -> str:
+        return self.served[0].url
+
+    @property
+    def openrouter_url(self) -> str:
+        return self.served[1].url
+
+    @property
+    def kryptoexpress_url(self) -> str:
+        return self.served[2].url
+
+    async def stop(self) -> None:
+        for server in reversed(self.served):
+            await server.stop()
+
+    def settings(self, database_url: str, **overrides: Any) -> Settings:
+        """Settings for a bot wired to these emulators; nothing read from the environment
+        can point it elsewhere (explicit values win over env and .env)."""
+        web_port = overrides.pop("web_port", None) or free_port()
+        values: dict[str, Any] = {
+            "bot_token": BOT_TOKEN,
+            "telegram_api_base": self.telegram_url,
+            "telegram_mode": "polling",
+            "admin_chat_id": ADMIN_CHAT_ID,
+            "admin_ids": [ADMIN_ID],
+            "database_url": database_url,
+            "redis_url": None,
+            "openrouter_base_url": f"{self.openrouter_url}/api/v1",
+            "openrouter_management_key": MANAGEMENT_KEY,
+            "openrouter_api_key": None,
+            "krypto_express_api_url": f"{self.kryptoexpress_url}/api",
+            "krypto_express_api_key": KRYPTO_API_KEY,
+            "krypto_express_callback_secret": self.callback_secret,
+            "payment_providers": ["kryptoexpress"],
+            "public_base_url": f"http://{LOOPBACK}:{web_port}",
+            "web_host": LOOPBACK,
+            "web_port": web_port,
+            "encryption_key": KeyVault.generate_key(),
+            "sandbox": True,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+
+async def start_sandbox(
+    *,
+    callback_retry_delays: tuple[float, ...] = (0, 2, 4, 8, 16),
+    total_credits: Decimal = Decimal("100"),
+) -> Sandbox:
+    sandbox = Sandbox(
+        telegram=TelegramEmulator(BOT_TOKEN),
+        openrouter=OpenRouterEmulator(MANAGEMENT_KEY, total_credits=total_credits),
+        kryptoexpress=KryptoExpressEmulator(
+            KRYPTO_API_KEY, callback_retry_delays=callback_retry_delays
+        ),
+    )
+    for app in (sandbox.telegram.app, sandbox.openrouter.app, sandbox.kryptoexpress.app):
+        server = Served(app)
+        await server.start()
+        sandbox.served.append(server)
+    # The operator's admin group exists before the bot writes to it.
+    async with TelegramControl(sandbox.telegram_url) as control:
+        await control.register_chat(ADMIN_CHAT_ID, type="supergroup", title="AI Token Bot admins")
+    return sandbox
+
+
+def temp_sqlite_url(directory: Path) -> str:
+    return f"sqlite+aiosqlite:///{directory / 'bot.db'}"

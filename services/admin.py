@@ -1,0 +1,267 @@
+"""The operator's view of the ledger: period figures, one order's history, retry, refund.
+
+Database only (no HTTP): the OpenRouter side (balance, reconciliation) lives in
+processing/reports.py. Money is summed in Python with Decimal — SQLite stores it as
+text, and SQL SUM would go through float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db import repo
+from db.models import Order, OrderEvent, OrderStatus, User
+from services.clock import utcnow
+
+ZERO = Decimal("0.00")
+
+# Paid and not given back: the crypto we keep (a failed order is still owed a delivery
+# or a refund, so it counts until the admin marks it refunded).
+EARNING = (
+    OrderStatus.PAID,
+    OrderStatus.FULFILLING,
+    OrderStatus.AWAITING_FUNDS,
+    OrderStatus.DELIVERED,
+    OrderStatus.FAILED,
+)
+# /retry puts these back to `paid` (a `paid` one may be stuck behind a long back-off).
+RETRYABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
+# /refund: money arrived and no credit was granted. Delivered orders carry credit on the
+# buyer's key; unpaid ones have nothing to give back.
+REFUNDABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
+# ...and these only when part of a payment arrived (partial_seen).
+REFUNDABLE_IF_PARTIAL = (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Period:
+    """[start, end) in UTC, with the local dates it covers (for titles and dedupe keys)."""
+
+    start: datetime
+    end: datetime
+    first_day: date
+    last_day: date
+
+
+def local_day_start(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=zone)
+
+
+def days_period(first_day: date, last_day: date, timezone: str) -> Period:
+    """Whole local days ``first_day``..``last_day`` inclusive."""
+    zone = ZoneInfo(timezone)
+    return Period(
+        local_day_start(first_day, zone),
+        local_day_start(last_day + timedelta(days=1), zone),
+        first_day,
+        last_day,
+    )
+
+
+def recent_period(days: int, timezone: str, now: datetime | None = None) -> Period:
+    """The last ``days`` local days including today (today = 1), up to now."""
+    now = now or utcnow()
+    today = now.astimezone(ZoneInfo(timezone)).date()
+    first = today - timedelta(days=days - 1)
+    return days_period(first, today, timezone)
+
+
+@dataclass(frozen=True)
+class Stats:
+    period: Period
+    created: int
+    paid: int
+    delivered: int
+    revenue: Decimal
+    base_cost: Decimal
+    markup: Decimal
+    expired: int
+    failed: int
+    refunded: int
+    # Open now, whatever the period: what needs the operator's eye.
+    pending: int
+    awaiting_funds: int
+
+
+@dataclass(frozen=True)
+class OrderView:
+    order: Order
+    user: User | None
+    events: list[OrderEvent] = field(default_factory=list)
+
+
+class ActionOutcome(StrEnum):
+    DONE = "done"
+    NOT_FOUND = "not_found"
+    WRONG_STATE = "wrong_state"
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    outcome: ActionOutcome
+    status: str | None = None  # the order's status before (or, if refused, now)
+    user_id: int | None = None
+
+
+class AdminService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # ------------------------------------------------------------- figures
+    async def stats(self, period: Period) -> Stats:
+        async with self.sessions() as session:
+            created = await _count(session, Order.created_at, period)
+            paid = await _count(session, Order.paid_at, period)
+            delivered = await _count(session, Order.delivered_at, period)
+            rows = await session.execute(
+                select(Order.total_usd, Order.base_usd, Order.markup_usd).where(
+                    Order.paid_at >= period.start,
+                    Order.paid_at < period.end,
+                    Order.status.in_([s.value for s in EARNING]),
+                )
+            )
+            revenue = base = markup = ZERO
+            for total_usd, base_usd, markup_usd in rows:
+                revenue += total_usd
+                base += base_usd
+                markup += markup_usd
+            moved = {
+                status: await _moved_to(session, status, period)
+                for status in (OrderStatus.EXPIRED, OrderStatus.FAILED, OrderStatus.REFUNDED)
+            }
+            open_now = dict(
+                (
+                    await session.execute(
+                        select(Order.status, func.count())
+                        .where(
+                            Order.status.in_(
+                                [
+                                    OrderStatus.AWAITING_PAYMENT.value,
+                                    OrderStatus.AWAITING_FUNDS.value,
+                                ]
+                            )
+                        )
+                        .group_by(Order.status)
+                    )
+                ).all()
+            )
+        return Stats(
+            period=period,
+            created=created,
+            paid=paid,
+            delivered=delivered,
+            revenue=revenue,
+            base_cost=base,
+            markup=markup,
+            expired=moved[OrderStatus.EXPIRED],
+            failed=moved[OrderStatus.FAILED],
+            refunded=moved[OrderStatus.REFUNDED],
+            pending=int(open_now.get(OrderStatus.AWAITING_PAYMENT.value, 0)),
+            awaiting_funds=int(open_now.get(OrderStatus.AWAITING_FUNDS.value, 0)),
+        )
+
+    async def order_view(self, order_id: int) -> OrderView | None:
+        async with self.sessions() as session:
+            order = await session.get(Order, order_id)
+            if order is None:
+                return None
+            user = await session.get(User, order.user_id)
+            events = (
+                await session.execute(
+                    select(OrderEvent)
+                    .where(OrderEvent.order_id == order_id)
+                    .order_by(OrderEvent.id)
+                )
+            ).scalars()
+            return OrderView(order, user, list(events))
+
+    # ------------------------------------------------------------- actions
+    async def retry(self, order_id: int, admin_id: int) -> ActionResult:
+        """Back to `paid` with a fresh attempt budget; the caller kicks fulfilment."""
+        async with self.sessions() as session, session.begin():
+            order = await session.get(Order, order_id)
+            if order is None:
+                return ActionResult(ActionOutcome.NOT_FOUND)
+            previous = await repo.transition(
+                session,
+                order_id,
+                RETRYABLE,
+                OrderStatus.PAID,
+                actor=f"admin:{admin_id}",
+                kind="admin_retry",
+                detail={"attempts_before": order.attempts, "last_error": order.last_error},
+                attempts=0,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_until=None,
+            )
+            if previous is None:
+                return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
+
+    async def refund(self, order_id: int, admin_id: int, note: str) -> ActionResult:
+        """Record that the operator refunded the buyer by hand (no crypto moves here)."""
+        async with self.sessions() as session, session.begin():
+            order = await session.get(Order, order_id)
+            if order is None:
+                return ActionResult(ActionOutcome.NOT_FOUND)
+            common: dict[str, Any] = {
+                "actor": f"admin:{admin_id}",
+                "kind": "refunded",
+                "detail": {"note": note},
+                "refund_note": note,
+                "lease_owner": None,
+                "lease_until": None,
+                "next_attempt_at": None,
+            }
+            previous = await repo.transition(
+                session, order_id, REFUNDABLE, OrderStatus.REFUNDED, **common
+            )
+            if previous is None:
+                previous = await repo.transition(
+                    session,
+                    order_id,
+                    REFUNDABLE_IF_PARTIAL,
+                    OrderStatus.REFUNDED,
+                    where={"partial_seen": True},
+                    **common,
+                )
+            if previous is None:
+                return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
+
+
+async def _count(session: AsyncSession, column: Any, period: Period) -> int:
+    return int(
+        (
+            await session.execute(
+                select(func.count())
+                .select_from(Order)
+                .where(column >= period.start, column < period.end)
+            )
+        ).scalar_one()
+    )
+
+
+async def _moved_to(session: AsyncSession, status: OrderStatus, period: Period) -> int:
+    """Orders that entered ``status`` during the period (from the event log)."""
+    return int(
+        (
+            await session.execute(
+                select(func.count(func.distinct(OrderEvent.order_id))).where(
+                    OrderEvent.to_status == status.value,
+                    OrderEvent.from_status != status.value,
+                    OrderEvent.at >= period.start,
+                    OrderEvent.at < period.end,
+                )
+            )
+        ).scalar_one()
+    )

@@ -1,0 +1,77 @@
+"""Domain errors. Each carries a locale key so one error router can answer the buyer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Something the buyer did or asked for cannot be done; nothing was changed."""
+
+    key = "error.generic"
+
+    def __init__(self, key: str | None = None, **params: Any) -> None:
+        self.key = key or self.key
+        self.params = params
+        super().__init__(self.key, params)
+
+
+class InvalidAmount(DomainError):
+    key = "amount.invalid"
+
+
+class ModelUnavailable(DomainError):
+    key = "model.unavailable"
+
+
+class QuoteUnavailable(DomainError):
+    """The quote is unknown, foreign, expired or already used."""
+
+    key = "quote.stale"
+
+
+class OrderNotFound(DomainError):
+    """Unknown order, or one that belongs to someone else (we don't say which)."""
+
+    key = "order.not_found"
+
+
+class OrderStateConflict(DomainError):
+    key = "order.state_conflict"
+
+
+class CurrencyUnavailable(DomainError):
+    key = "currency.unavailable"
+
+
+class PaymentUnavailable(DomainError):
+    """Every configured provider failed to create an invoice."""
+
+    key = "payment.unavailable"
+
+
+class ExternalError(Exception):
+    """A call to an outside service failed. ``transient`` says whether a retry may help."""
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        body: str | None = None,
+    ) -> None:
+        self.service = service
+        self.status = status
+        self.transient = transient
+        self.body = body
+        super().__init__(f"{service}: {message}" + (f" (HTTP {status})" if status else ""))
+
+
+class OpenRouterError(ExternalError):
+    pass
+
+
+class ProviderError(ExternalError):
+    pass

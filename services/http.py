@@ -1,0 +1,139 @@
+"""Outbound HTTP with a timeout, a bounded retry where safe, and typed errors.
+
+Retries happen only on 5xx, 408/429 and transport failures, and only when the call is
+safe to repeat: a non-idempotent call (creating a payment or a key) is retried only
+when the request never left (connection refused), because a timeout or a 5xx may mean
+the provider already acted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from services.errors import ExternalError
+from services.jsonutil import dumps, loads
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def parse_json(content: bytes) -> Any:
+    """Provider JSON with every fractional number as Decimal (never float)."""
+    return loads(content)
+
+
+class JsonHttp:
+    """A small wrapper over one httpx.AsyncClient per external service."""
+
+    def __init__(
+        self,
+        service: str,
+        base_url: str,
+        *,
+        error_type: type[ExternalError],
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+        attempts: int = 3,
+        backoff: float = 0.3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.service = service
+        self.error_type = error_type
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers or {},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool = True,
+        ok: Callable[[int], bool] = lambda status: 200 <= status < 300,
+    ) -> Any:
+        content = None
+        send_headers = dict(headers or {})
+        if json_body is not None:
+            content = dumps(json_body)
+            send_headers["Content-Type"] = "application/json"
+        last: ExternalError | None = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = await self._client.request(
+                    method, path, content=content, params=params, headers=send_headers
+                )
+            except httpx.ConnectError as exc:
+                last = self.error_type(
+                    self.service, f"{method} {path}: cannot connect: {exc}", transient=True
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = self.error_type(
+                    self.service, f"{method} {path}: {type(exc).__name__}", transient=True
+                )
+                if not idempotent:
+                    raise last from exc
+            else:
+                if ok(response.status_code):
+                    if not response.content:
+                        return None
+                    try:
+                        return parse_json(response.content)
+                    except ValueError as exc:
+                        raise self.error_type(
+                            self.service,
+                            f"{method} {path}: invalid JSON",
+                            status=response.status_code,
+                            body=response.text[:500],
+                        ) from exc
+                transient = response.status_code in RETRYABLE_STATUS
+                last = self.error_type(
+                    self.service,
+                    f"{method} {path}: {_error_message(response)}",
+                    status=response.status_code,
+                    transient=transient,
+                    body=response.text[:2000],
+                )
+                if not transient or not idempotent:
+                    raise last
+            if attempt < self.attempts:
+                delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+                log.warning(
+                    "external_retry service=%s attempt=%d error=%s", self.service, attempt, last
+                )
+                await asyncio.sleep(delay)
+        assert last is not None
+        raise last
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = parse_json(response.content)
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])[:200]
+        if isinstance(err, dict) and "name" in err:
+            return str(err["name"])[:200]
+        if "description" in body:
+            return str(body["description"])[:200]
+    return response.text[:200]

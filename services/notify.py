@@ -1,0 +1,82 @@
+"""Writes localised user and admin messages to the outbox, inside the caller's transaction.
+
+No Telegram types here: a message is text plus optional button rows (label key, data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import repo
+from locales import translator
+
+# The key is never written to the outbox: the sender puts it in at send time.
+API_KEY_SLOT = "\u27e6API_KEY\u27e7"
+
+
+class Notifier:
+    def __init__(
+        self,
+        admin_chat_id: int | None,
+        admin_language: str = "en",
+        *,
+        order_button: Callable[[int], str] | None = None,
+    ) -> None:
+        self.admin_chat_id = admin_chat_id
+        self.admin_language = admin_language
+        # Callback data of the admins' "🔎 Order #N" button (packed by the bot layer).
+        self.order_button = order_button
+
+    async def user(
+        self,
+        session: AsyncSession,
+        user_id: int,
+        key: str,
+        *,
+        dedupe: str | None,
+        payload: dict[str, Any] | None = None,
+        buttons: list[list[tuple[str, str]]] | None = None,
+        language: str | None = None,
+        **params: Any,
+    ) -> None:
+        """Queue ``key`` for the buyer in their language; ``buttons`` are rows of
+        (label key, callback data). ``language``: the caller already read it (saves a
+        query per message in bulk jobs)."""
+        t = translator(language or await repo.user_language(session, user_id))
+        payload = dict(payload or {})
+        if buttons:
+            payload["buttons"] = [
+                [{"text": t(label), "callback_data": data} for label, data in row]
+                for row in buttons
+            ]
+        await repo.add_outbox(
+            session,
+            chat_id=user_id,
+            text=t(key, **params),
+            dedupe_key=dedupe,
+            payload=payload or None,
+        )
+
+    async def admin(
+        self, session: AsyncSession, key: str, *, dedupe: str | None, **params: Any
+    ) -> None:
+        """Queue an alert for the admin group; one about an order gets a one-tap button
+        that opens the order's status and timeline."""
+        if self.admin_chat_id is None:
+            return
+        t = translator(self.admin_language)
+        payload = None
+        order_id = params.get("order_id")
+        if self.order_button is not None and isinstance(order_id, int):
+            label = t("admin.open_order", order_id=order_id)
+            payload = {"buttons": [[{"text": label, "callback_data": self.order_button(order_id)}]]}
+        await repo.add_outbox(
+            session,
+            chat_id=self.admin_chat_id,
+            text=t(key, **params),
+            dedupe_key=dedupe,
+            payload=payload,
+        )

@@ -1,0 +1,472 @@
+"""The buyer's use cases: choose, quote, confirm (→ order + invoice), cancel, list.
+
+Each method owns its transaction. The provider is called between two short
+transactions, never inside one: claim (commit) → call out → record (commit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db import repo
+from db.models import Order, OrderStatus, Payment, Quote, User
+from services.clock import utcnow
+from services.errors import (
+    CurrencyUnavailable,
+    DomainError,
+    ExternalError,
+    ModelUnavailable,
+    OrderNotFound,
+    OrderStateConflict,
+    PaymentUnavailable,
+    QuoteUnavailable,
+)
+from services.jsonutil import jsonable
+from services.money import quantize_crypto
+from services.notify import Notifier
+from services.openrouter import ModelCatalog
+from services.payments.base import ASSETS, Invoice, PaymentProvider
+from services.pricing import AITokenService, ModelPrice, Package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    language: str
+    model: str | None
+
+
+@dataclass(frozen=True)
+class QuoteView:
+    id: int
+    model: str
+    model_name: str
+    tokens: int
+    base_usd: Decimal
+    markup_usd: Decimal
+    total_usd: Decimal
+    asset: str
+    approx_crypto: Decimal | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class OrderView:
+    id: int
+    status: OrderStatus
+    model: str
+    tokens: int
+    base_usd: Decimal
+    total_usd: Decimal
+    asset: str
+    crypto_code: str | None
+    crypto_amount: Decimal | None
+    network: str | None
+    address: str | None
+    expires_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, order: Order) -> OrderView:
+        return cls(
+            id=order.id,
+            status=OrderStatus(order.status),
+            model=order.model,
+            tokens=order.tokens,
+            base_usd=order.base_usd,
+            total_usd=order.total_usd,
+            asset=order.asset,
+            crypto_code=order.crypto_code,
+            crypto_amount=order.crypto_amount,
+            network=order.network,
+            address=order.pay_address,
+            expires_at=order.expires_at,
+            created_at=order.created_at,
+        )
+
+
+# A confirmed quote's order can be shown again while it waits for the invoice or payment.
+_RESHOWABLE = (OrderStatus.NEW.value, OrderStatus.AWAITING_PAYMENT.value)
+
+
+class PaymentGateway:
+    """The configured providers in fallback order (SPEC §3)."""
+
+    def __init__(self, providers: list[PaymentProvider]) -> None:
+        self.providers = providers
+        self.by_name = {p.name: p for p in providers}
+
+    async def assets(self) -> list[str]:
+        offered: set[str] = set()
+        for provider in self.providers:
+            try:
+                offered.update((await provider.available_assets()).keys())
+            except ExternalError as exc:
+                log.warning("provider_assets_failed provider=%s error=%s", provider.name, exc)
+        return [asset for asset in ASSETS if asset in offered]
+
+    async def rate_usd(self, asset: str) -> Decimal | None:
+        for provider in self.providers:
+            try:
+                rate = await provider.rate_usd(asset)
+            except ExternalError:
+                continue
+            if rate is not None:
+                return rate
+        return None
+
+    async def create_invoice(
+        self, *, order_id: int, amount_usd: Decimal, asset: str
+    ) -> tuple[Invoice, list[str]]:
+        """Invoice from the first provider that can; also the providers that failed."""
+        failures: list[str] = []
+        for provider in self.providers:
+            try:
+                return (
+                    await provider.create_invoice(
+                        order_id=order_id, amount_usd=amount_usd, asset=asset
+                    ),
+                    failures,
+                )
+            except (ExternalError, CurrencyUnavailable) as exc:
+                log.warning(
+                    "invoice_failed provider=%s order=%s error=%s", provider.name, order_id, exc
+                )
+                failures.append(f"{provider.name}: {exc}")
+        raise PaymentUnavailable(failures=failures)
+
+
+class OrderService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        catalog: ModelCatalog,
+        pricing: AITokenService,
+        gateway: PaymentGateway,
+        *,
+        default_model: str,
+        quote_ttl: timedelta = timedelta(minutes=15),
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+        self.pricing = pricing
+        self.gateway = gateway
+        self.default_model = default_model
+        self.quote_ttl = quote_ttl
+        self.notifier = notifier
+
+    # ------------------------------------------------------------------ users
+    async def ensure_user(
+        self, user_id: int, *, language: str, first_name: str | None, username: str | None
+    ) -> UserView:
+        """The buyer's row, created on first sight; a returning buyer is reachable again."""
+        async with self.sessions() as session:
+            async with session.begin():
+                user = await session.get(User, user_id)
+                if user is not None:
+                    if not user.reachable:
+                        # A buyer who writes to us again has unblocked the bot.
+                        user.reachable = True
+                    return UserView(user.id, user.language, user.model)
+            try:
+                async with session.begin():
+                    session.add(
+                        User(
+                            id=user_id,
+                            language=language,
+                            first_name=first_name,
+                            username=username,
+                            reachable=True,
+                            created_at=utcnow(),
+                        )
+                    )
+            except IntegrityError:
+                # Two first updates of one buyer at once: the other insert won.
+                pass
+            return UserView(user_id, language, None)
+
+    async def set_language(self, user_id: int, language: str) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(update(User).where(User.id == user_id).values(language=language))
+
+    async def set_model(self, user_id: int, model_id: str) -> ModelPrice:
+        model = await self.catalog.get(model_id)
+        if model is None or self.pricing.bounds(model) is None:
+            raise ModelUnavailable(model=model_id)
+        async with self.sessions() as session, session.begin():
+            await session.execute(update(User).where(User.id == user_id).values(model=model_id))
+        return model
+
+    # --------------------------------------------------------------- browsing
+    async def current_model(self, user: UserView) -> ModelPrice:
+        offered = await self.catalog.offered()
+        by_id = {m.id: m for m in offered if self.pricing.bounds(m) is not None}
+        for candidate in (user.model, self.default_model):
+            if candidate and candidate in by_id:
+                return by_id[candidate]
+        if not by_id:
+            raise ModelUnavailable(model=user.model or self.default_model)
+        return next(iter(by_id.values()))
+
+    async def offered_models(self) -> list[ModelPrice]:
+        return [m for m in await self.catalog.offered() if self.pricing.bounds(m) is not None]
+
+    async def packages(self, user: UserView) -> tuple[ModelPrice, list[Package]]:
+        model = await self.current_model(user)
+        return model, self.pricing.packages(model)
+
+    async def check_amount(self, user: UserView, tokens: int) -> ModelPrice:
+        """Raise InvalidAmount (with the allowed range) unless ``tokens`` can be ordered."""
+        model = await self.current_model(user)
+        self.pricing.quote(model, tokens)
+        return model
+
+    async def assets(self) -> list[str]:
+        return await self.gateway.assets()
+
+    # ----------------------------------------------------------------- quotes
+    async def create_quote(self, user: UserView, tokens: int, asset: str) -> QuoteView:
+        if asset not in await self.gateway.assets():
+            raise CurrencyUnavailable(asset=asset)
+        model = await self.current_model(user)
+        price = self.pricing.quote(model, tokens)
+        rate = await self.gateway.rate_usd(asset)
+        approx = quantize_crypto(price.total_usd / rate, asset) if rate else None
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            quote = Quote(
+                user_id=user.id,
+                model=model.id,
+                model_name=model.name,
+                tokens=tokens,
+                unit_price=price.unit_price,
+                base_usd=price.base_usd,
+                markup_usd=price.markup_usd,
+                total_usd=price.total_usd,
+                currency="USD",
+                asset=asset,
+                approx_crypto=approx,
+                created_at=now,
+                expires_at=now + self.quote_ttl,
+            )
+            session.add(quote)
+            await session.flush()
+            return _quote_view(quote)
+
+    async def cancel_quote(self, user_id: int, quote_id: int) -> None:
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(Quote)
+                .where(Quote.id == quote_id, Quote.user_id == user_id, Quote.order_id.is_(None))
+                .values(expires_at=utcnow())
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise QuoteUnavailable()
+
+    async def check_quote(self, user_id: int, quote_id: int) -> None:
+        """Raise QuoteUnavailable unless the quote is the user's and still confirmable
+        (current and unused, or already confirmed into an order that awaits payment)."""
+        async with self.sessions() as session:
+            quote = await session.get(Quote, quote_id)
+            if quote is None or quote.user_id != user_id:
+                raise QuoteUnavailable()
+            if quote.order_id is not None:
+                order = await session.get(Order, quote.order_id)
+                if order is None or order.status not in _RESHOWABLE:
+                    raise QuoteUnavailable()
+                return
+        if quote.expires_at <= utcnow():
+            raise QuoteUnavailable("quote.expired")
+
+    async def confirm_quote(self, user_id: int, quote_id: int) -> tuple[OrderView, list[str]]:
+        """Turn a quote into an order with an invoice. Returns the order and provider failures.
+
+        The quote is claimed by compare-and-set, so a double tap makes one order. Confirming
+        an already confirmed quote returns its order: after a crash Telegram redelivers the
+        tap, and the buyer must then see the payment screen, not an error.
+        """
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            quote = await session.get(Quote, quote_id)
+            if quote is None or quote.user_id != user_id:
+                raise QuoteUnavailable()
+            if quote.order_id is not None:
+                existing = await session.get(Order, quote.order_id)
+                if existing is None or existing.status not in _RESHOWABLE:
+                    raise QuoteUnavailable()
+                return OrderView.of(existing), []
+            if quote.expires_at <= now:
+                raise QuoteUnavailable("quote.expired")
+            order = Order(
+                user_id=user_id,
+                quote_id=quote.id,
+                status=OrderStatus.NEW.value,
+                model=quote.model,
+                tokens=quote.tokens,
+                unit_price=quote.unit_price,
+                base_usd=quote.base_usd,
+                markup_usd=quote.markup_usd,
+                total_usd=quote.total_usd,
+                currency=quote.currency,
+                asset=quote.asset,
+                created_at=now,
+                updated_at=now,
+                attempts=0,
+            )
+            session.add(order)
+            await session.flush()
+            claimed = await session.execute(
+                update(Quote)
+                .where(Quote.id == quote_id, Quote.order_id.is_(None))
+                .values(order_id=order.id)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                raise QuoteUnavailable()
+            repo.add_event(
+                session,
+                order.id,
+                "order_created",
+                actor=f"user:{user_id}",
+                status=OrderStatus.NEW.value,
+                detail={"quote_id": quote_id, "total_usd": str(quote.total_usd)},
+            )
+            order_id, total, asset = order.id, order.total_usd, order.asset
+
+        try:
+            invoice, failures = await self.gateway.create_invoice(
+                order_id=order_id, amount_usd=total, asset=asset
+            )
+        except DomainError as exc:
+            async with self.sessions() as session, session.begin():
+                await repo.transition(
+                    session,
+                    order_id,
+                    [OrderStatus.NEW],
+                    OrderStatus.CANCELLED,
+                    actor="system",
+                    kind="invoice_failed",
+                    detail={"failures": exc.params.get("failures", [])},
+                )
+                if self.notifier is not None and exc.params.get("failures"):
+                    await self.notifier.admin(
+                        session,
+                        "admin.provider_failed",
+                        dedupe=f"provider-failed:{order_id}",
+                        order_id=order_id,
+                        failures="; ".join(exc.params["failures"])[:500],
+                    )
+            raise
+
+        async with self.sessions() as session, session.begin():
+            recorded = await repo.transition(
+                session,
+                order_id,
+                [OrderStatus.NEW],
+                OrderStatus.AWAITING_PAYMENT,
+                actor="system",
+                kind="invoice_created",
+                detail={
+                    "provider": invoice.provider,
+                    "payment_id": invoice.payment_id,
+                    "fallback_from": failures,
+                },
+                provider=invoice.provider,
+                provider_payment_id=invoice.payment_id,
+                provider_hash=invoice.payment_hash,
+                crypto_code=invoice.crypto_code,
+                crypto_amount=invoice.crypto_amount,
+                network=invoice.network,
+                pay_address=invoice.address,
+                expires_at=invoice.expires_at,
+            )
+            if recorded is None:
+                # The stale-invoice sweeper cancelled it meanwhile; the invoice is unused.
+                raise OrderStateConflict()
+            if failures and self.notifier is not None:
+                await self.notifier.admin(
+                    session,
+                    "admin.provider_fallback",
+                    dedupe=f"fallback:{order_id}",
+                    order_id=order_id,
+                    failures="; ".join(failures)[:500],
+                )
+            session.add(
+                Payment(
+                    order_id=order_id,
+                    provider=invoice.provider,
+                    provider_payment_id=invoice.payment_id,
+                    provider_hash=invoice.payment_hash,
+                    fiat_amount=invoice.fiat_amount,
+                    fiat_currency=invoice.fiat_currency,
+                    crypto_code=invoice.crypto_code,
+                    crypto_amount=invoice.crypto_amount,
+                    address=invoice.address,
+                    is_paid=False,
+                    updates=0,
+                    last_payload=jsonable(invoice.raw),
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            order_row = await session.get(Order, order_id)
+            assert order_row is not None
+            await session.refresh(order_row)
+            return OrderView.of(order_row), failures
+
+    # ----------------------------------------------------------------- orders
+    async def order_for_user(self, user_id: int, order_id: int) -> OrderView:
+        async with self.sessions() as session:
+            order = await session.get(Order, order_id)
+            if order is None or order.user_id != user_id:
+                raise OrderNotFound()
+            return OrderView.of(order)
+
+    async def cancel_order(self, user_id: int, order_id: int) -> OrderView:
+        async with self.sessions() as session, session.begin():
+            order = await session.get(Order, order_id)
+            if order is None or order.user_id != user_id:
+                raise OrderNotFound()
+            changed = await repo.transition(
+                session,
+                order_id,
+                [OrderStatus.AWAITING_PAYMENT],
+                OrderStatus.CANCELLED,
+                actor=f"user:{user_id}",
+                kind="cancelled_by_buyer",
+            )
+            if changed is None:
+                raise OrderStateConflict(status=order.status)
+            await session.refresh(order)
+            return OrderView.of(order)
+
+    async def recent_orders(self, user_id: int, limit: int = 10) -> list[OrderView]:
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Order).where(Order.user_id == user_id).order_by(Order.id.desc()).limit(limit)
+            )
+            return [OrderView.of(o) for o in rows.scalars()]
+
+
+def _quote_view(quote: Quote) -> QuoteView:
+    return QuoteView(
+        id=quote.id,
+        model=quote.model,
+        model_name=quote.model_name,
+        tokens=quote.tokens,
+        base_usd=quote.base_usd,
+        markup_usd=quote.markup_usd,
+        total_usd=quote.total_usd,
+        asset=quote.asset,
+        approx_crypto=quote.approx_crypto,
+        expires_at=quote.expires_at,
+    )
