@@ -178,6 +178,38 @@ class Fulfilment:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost()
 
+    async def _leave_fulfilling(
+        self,
+        session: AsyncSession,
+        order_id: int,
+        token: str,
+        to: OrderStatus,
+        *,
+        kind: str,
+        detail: dict[str, Any],
+        **values: Any,
+    ) -> None:
+        """Move an order this worker holds out of ``fulfilling`` and drop its lease.
+
+        The compare-and-set is fenced by the lease token: if another worker took the
+        order over meanwhile, nothing changes and ``LeaseLost`` rolls the transaction back.
+        """
+        moved = await repo.transition(
+            session,
+            order_id,
+            [OrderStatus.FULFILLING],
+            to,
+            actor=f"worker:{token[:8]}",
+            kind=kind,
+            detail=detail,
+            where={"lease_owner": token},
+            lease_owner=None,
+            lease_until=None,
+            **values,
+        )
+        if moved is None:
+            raise LeaseLost()
+
     async def _release_user(self, user_id: int, token: str) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(
@@ -381,23 +413,17 @@ class Fulfilment:
             await self._renew(session, user_id, token)
             order = await session.get(Order, order_id)
             assert order is not None
-            moved = await repo.transition(
+            await self._leave_fulfilling(
                 session,
                 order_id,
-                [OrderStatus.FULFILLING],
+                token,
                 OrderStatus.DELIVERED,
-                actor=f"worker:{token[:8]}",
                 kind="delivered",
                 detail={"key_hash": key_hash, "limit_usd": str(target)},
-                where={"lease_owner": token},
                 delivered_at=utcnow(),
-                lease_owner=None,
-                lease_until=None,
                 next_attempt_at=None,
                 last_error=None,
             )
-            if moved is None:
-                raise LeaseLost()
             key_row = await repo.get_api_key(session, user_id)
             assert key_row is not None
             show_key = not key_row.key_shown
@@ -454,12 +480,11 @@ class Fulfilment:
         topup = ceil_cents(needed - max(Decimal(0), funds.headroom))
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
-            moved = await repo.transition(
+            await self._leave_fulfilling(
                 session,
                 order_id,
-                [OrderStatus.FULFILLING],
+                token,
                 OrderStatus.AWAITING_FUNDS,
-                actor=f"worker:{token[:8]}",
                 kind="awaiting_funds",
                 detail={
                     "needed": str(needed),
@@ -467,13 +492,8 @@ class Fulfilment:
                     "committed": str(funds.committed),
                     "topup": str(topup),
                 },
-                where={"lease_owner": token},
-                lease_owner=None,
-                lease_until=None,
                 next_attempt_at=utcnow() + self.funds_recheck,
             )
-            if moved is None:
-                raise LeaseLost()
             if previous is not OrderStatus.AWAITING_FUNDS:
                 await self.notifier.admin(
                     session,
@@ -501,58 +521,47 @@ class Fulfilment:
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
             if give_up:
-                moved = await repo.transition(
+                await self._leave_fulfilling(
                     session,
                     order_id,
-                    [OrderStatus.FULFILLING],
+                    token,
                     OrderStatus.FAILED,
-                    actor=f"worker:{token[:8]}",
                     kind="fulfilment_failed",
                     detail={"error": str(exc), "attempts": attempts},
-                    where={"lease_owner": token},
-                    lease_owner=None,
-                    lease_until=None,
                     last_error=str(exc)[:2000],
                 )
-                if moved is not None:
-                    await self.notifier.admin(
-                        session,
-                        "admin.fulfilment_failed",
-                        dedupe=f"failed:{order_id}:{attempts}",
-                        order_id=order_id,
-                        user_id=user_id,
-                        error=str(exc)[:500],
-                        attempts=attempts,
-                    )
-                    await self.notifier.user(
-                        session,
-                        user_id,
-                        "notify.failed",
-                        dedupe=f"failed:{order_id}",
-                        order_id=order_id,
-                    )
+                await self.notifier.admin(
+                    session,
+                    "admin.fulfilment_failed",
+                    dedupe=f"failed:{order_id}:{attempts}",
+                    order_id=order_id,
+                    user_id=user_id,
+                    error=str(exc)[:500],
+                    attempts=attempts,
+                )
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.failed",
+                    dedupe=f"failed:{order_id}",
+                    order_id=order_id,
+                )
             else:
                 delay = self.retry_base * (2 ** (attempts - 1))
-                moved = await repo.transition(
+                await self._leave_fulfilling(
                     session,
                     order_id,
-                    [OrderStatus.FULFILLING],
+                    token,
                     OrderStatus.PAID,
-                    actor=f"worker:{token[:8]}",
                     kind="fulfilment_retry",
                     detail={
                         "error": str(exc),
                         "attempts": attempts,
                         "retry_in_s": delay.total_seconds(),
                     },
-                    where={"lease_owner": token},
-                    lease_owner=None,
-                    lease_until=None,
                     last_error=str(exc)[:2000],
                     next_attempt_at=utcnow() + min(delay, timedelta(minutes=30)),
                 )
-            if moved is None:
-                raise LeaseLost()
         log.warning(
             "fulfilment_attempt_failed order=%s attempts=%s give_up=%s error=%s",
             order_id,

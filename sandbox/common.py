@@ -7,12 +7,15 @@ They listen on loopback only and never reach the network.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 LOOPBACK = "127.0.0.1"
 
@@ -25,16 +28,81 @@ __all__ = [
     "LOOPBACK",
     "FaultInjector",
     "FaultRule",
+    "RequestLog",
     "Served",
     "dumps",
     "json_response",
     "loads",
+    "now_iso",
     "plain_number",
 ]
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(text=dumps(payload), status=status, content_type="application/json")
+
+
+# ------------------------------------------------------------------- request log
+def now_iso() -> str:
+    """UTC now as the providers write it: milliseconds and a trailing Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RequestLog:
+    """Every API request an emulator received (faulted ones too), as the bot sent it.
+
+    Tests assert on this record — what the provider *received* — rather than on
+    what the bot believes it sent. Control requests are not recorded.
+    """
+
+    def __init__(self, control_prefix: str) -> None:
+        self.control_prefix = control_prefix
+        self.entries: list[dict[str, Any]] = []
+        self._seq = itertools.count(1)
+
+    def clear(self) -> None:
+        self.entries = []
+        self._seq = itertools.count(1)
+
+    def after(self, seq: int) -> list[dict[str, Any]]:
+        return [entry for entry in self.entries if entry["seq"] > seq]
+
+    def install_control_routes(self, app: web.Application) -> None:
+        async def list_requests(request: web.Request) -> web.Response:
+            try:
+                after = int(request.query.get("after", "0"))
+            except ValueError:
+                raise web.HTTPBadRequest(text="after must be an integer") from None
+            return json_response(self.after(after))
+
+        app.router.add_get(f"{self.control_prefix}/requests", list_requests)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(self.control_prefix):
+            return await handler(request)
+        raw = await request.read()
+        try:
+            body = loads(raw) if raw.strip() else None
+        except ValueError:
+            body = None
+        entry: dict[str, Any] = {
+            "seq": next(self._seq),
+            "at": now_iso(),
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "body": body,
+            "status": None,
+        }
+        self.entries.append(entry)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            entry["status"] = exc.status
+            raise
+        entry["status"] = response.status
+        return response
 
 
 # ------------------------------------------------------------------------- faults

@@ -45,7 +45,6 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, localcontext
 from http import HTTPStatus
 from typing import Any
@@ -54,7 +53,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sandbox.common import FaultInjector, dumps, json_response, loads
+from sandbox.common import FaultInjector, RequestLog, dumps, json_response, loads, now_iso
 
 API_PREFIX = "/api"
 CONTROL_PREFIX = "/control"
@@ -142,10 +141,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class ApiError(Exception):
     """An error answer. Body: Spring Boot's default shape (the real one is undocumented)."""
 
@@ -156,7 +151,7 @@ class ApiError(Exception):
 
     def response(self, path: str) -> web.Response:
         body = {
-            "timestamp": _now_iso(),
+            "timestamp": now_iso(),
             "status": self.status,
             "error": HTTPStatus(self.status).phrase,
             "message": self.message,
@@ -229,7 +224,7 @@ class Payment:
 
     def receive(self, amount: Decimal) -> None:
         self.received += amount
-        self.transfers.append({"amount": amount, "at": _now_iso()})
+        self.transfers.append({"amount": amount, "at": now_iso()})
         if not self.is_paid and self.received >= self.crypto_amount:
             self.is_paid = True
             self.paid_ms = _now_ms()
@@ -328,9 +323,8 @@ class KryptoExpressEmulator:
         self.user_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         self.faults = FaultInjector(control_prefix=CONTROL_PREFIX)
         self.payments: dict[int, Payment] = {}
-        self.request_log: list[dict[str, Any]] = []
+        self.requests = RequestLog(CONTROL_PREFIX)
         self._ids = itertools.count(FIRST_PAYMENT_ID)
-        self._seq = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reset_state()
@@ -340,9 +334,8 @@ class KryptoExpressEmulator:
     def _reset_state(self) -> None:
         self.prices = dict(self._initial_prices)
         self.payments = {}
-        self.request_log = []
+        self.requests.clear()
         self._ids = itertools.count(FIRST_PAYMENT_ID)
-        self._seq = itertools.count(1)
         self.faults.clear()
         self.faults.hits = 0
 
@@ -383,7 +376,7 @@ class KryptoExpressEmulator:
     # ------------------------------------------------------------------- app
     def _build_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._log_middleware, self.faults.middleware, self._error_middleware]
+            middlewares=[self.requests.middleware, self.faults.middleware, self._error_middleware]
         )
         r = app.router
         r.add_post(f"{API_PREFIX}/payment", self.create_payment)
@@ -400,39 +393,11 @@ class KryptoExpressEmulator:
         r.add_post(f"{CONTROL_PREFIX}/payments/{{ref}}/expire", self.control_expire)
         r.add_post(f"{CONTROL_PREFIX}/payments/{{ref}}/callback", self.control_callback)
         r.add_post(f"{CONTROL_PREFIX}/prices", self.control_prices)
-        r.add_get(f"{CONTROL_PREFIX}/requests", self.control_requests)
         r.add_post(f"{CONTROL_PREFIX}/reset", self.control_reset)
         self.faults.install_control_routes(app)
+        self.requests.install_control_routes(app)
         app.on_cleanup.append(self._on_cleanup)
         return app
-
-    @web.middleware
-    async def _log_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record every API request (faulted ones too) with what the bot actually sent."""
-        if request.path.startswith(CONTROL_PREFIX):
-            return await handler(request)
-        raw = await request.read()
-        try:
-            body = loads(raw) if raw.strip() else None
-        except ValueError:
-            body = None
-        entry: dict[str, Any] = {
-            "seq": next(self._seq),
-            "at": _now_iso(),
-            "method": request.method,
-            "path": request.path,
-            "query": dict(request.query),
-            "body": body,
-            "status": None,
-        }
-        self.request_log.append(entry)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            entry["status"] = exc.status
-            raise
-        entry["status"] = response.status
-        return response
 
     @web.middleware
     async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -556,7 +521,7 @@ class KryptoExpressEmulator:
             record: dict[str, Any] = {
                 "delivery": delivery,
                 "attempt": attempt,
-                "at": _now_iso(),
+                "at": now_iso(),
                 "status": None,
                 "signed": "X-Signature" in headers,
                 "body": body.decode(),
@@ -676,13 +641,6 @@ class KryptoExpressEmulator:
             raise ApiError(400, "prices must be positive")
         self.prices.update(prices)
         return json_response(self.prices)
-
-    async def control_requests(self, request: web.Request) -> web.Response:
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError as exc:
-            raise ApiError(400, "after must be an integer") from exc
-        return json_response([entry for entry in self.request_log if entry["seq"] > after])
 
     async def control_reset(self, request: web.Request) -> web.Response:
         await self.reset()

@@ -29,7 +29,6 @@ Emulator simplifications, on purpose:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sandbox.common import FaultInjector, json_response, loads, plain_number
+from sandbox.common import FaultInjector, RequestLog, json_response, loads, now_iso, plain_number
 
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/control"
@@ -110,10 +109,6 @@ class ApiError(Exception):
         if self.metadata is not None:
             error["metadata"] = self.metadata
         return json_response({"error": error}, status=self.code)
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _amount(value: Any, field_name: str, *, allow_negative: bool = False) -> Decimal:
@@ -236,7 +231,7 @@ class Key:
     expires_at: str | None = None
     disabled: bool = False
     deleted: bool = False
-    created_at: str = field(default_factory=_now_iso)
+    created_at: str = field(default_factory=now_iso)
     updated_at: str | None = None
     usage: Decimal = Decimal(0)
     usage_daily: Decimal = Decimal(0)
@@ -348,8 +343,7 @@ class OpenRouterEmulator:
         self.account_key: Key | None = None
         self.total_credits = Decimal(0)
         self.total_usage = Decimal(0)
-        self.request_log: list[dict[str, Any]] = []
-        self._seq = itertools.count(1)
+        self.requests = RequestLog(CONTROL_PREFIX)
         self.reset()
         self.app = self._build_app()
 
@@ -359,8 +353,7 @@ class OpenRouterEmulator:
         self.keys = {}
         self.account_key = Key(key=self.api_key, name="account api key") if self.api_key else None
         self.total_credits, self.total_usage = self._initial_credits
-        self.request_log = []
-        self._seq = itertools.count(1)
+        self.requests.clear()
         self.faults.clear()
         self.faults.hits = 0
 
@@ -411,7 +404,7 @@ class OpenRouterEmulator:
     # ------------------------------------------------------------------- app
     def _build_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._log_middleware, self.faults.middleware, self._error_middleware]
+            middlewares=[self.requests.middleware, self.faults.middleware, self._error_middleware]
         )
         r = app.router
         r.add_get(f"{API_PREFIX}/models", self.get_models)
@@ -431,38 +424,10 @@ class OpenRouterEmulator:
         r.add_post(f"{CONTROL_PREFIX}/keys/{{hash}}/spend", self.control_spend)
         r.add_get(f"{CONTROL_PREFIX}/keys", self.control_keys)
         r.add_post(f"{CONTROL_PREFIX}/models", self.control_models)
-        r.add_get(f"{CONTROL_PREFIX}/requests", self.control_requests)
         r.add_post(f"{CONTROL_PREFIX}/reset", self.control_reset)
         self.faults.install_control_routes(app)
+        self.requests.install_control_routes(app)
         return app
-
-    @web.middleware
-    async def _log_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record every API request (faulted ones too) with what the bot actually sent."""
-        if request.path.startswith(CONTROL_PREFIX):
-            return await handler(request)
-        raw = await request.read()
-        try:
-            body = loads(raw) if raw.strip() else None
-        except ValueError:
-            body = None
-        entry: dict[str, Any] = {
-            "seq": next(self._seq),
-            "at": _now_iso(),
-            "method": request.method,
-            "path": request.path,
-            "query": dict(request.query),
-            "body": body,
-            "status": None,
-        }
-        self.request_log.append(entry)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            entry["status"] = exc.status
-            raise
-        entry["status"] = response.status
-        return response
 
     @web.middleware
     async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -552,7 +517,7 @@ class OpenRouterEmulator:
             changes["include_byok_in_limit"] = body["include_byok_in_limit"]
         for name, value in changes.items():
             setattr(key, name, value)
-        key.updated_at = _now_iso()
+        key.updated_at = now_iso()
         return json_response({"data": key.to_api()})
 
     async def delete_key(self, request: web.Request) -> web.Response:
@@ -726,13 +691,6 @@ class OpenRouterEmulator:
             raise ApiError(400, "expected a list of models")
         self.models = [Model.from_spec(spec) for spec in specs]
         return json_response({"data": [model.to_api() for model in self.models]})
-
-    async def control_requests(self, request: web.Request) -> web.Response:
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError as exc:
-            raise ApiError(400, "after must be an integer") from exc
-        return json_response([entry for entry in self.request_log if entry["seq"] > after])
 
     async def control_reset(self, request: web.Request) -> web.Response:
         self.reset()

@@ -7,48 +7,15 @@ Bodies are written with ``dumps`` (Decimals stay exact) and answers parsed with 
 from __future__ import annotations
 
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import httpx
+from sandbox.common import loads
+from sandbox.control_client import ControlClient, ControlError
 
-from sandbox.common import dumps, loads
-
-
-class ControlError(RuntimeError):
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path} -> {status}: {body[:500]}")
-        self.status = status
-        self.body = body
+__all__ = ["ControlError", "KryptoExpressControl", "OpenRouterControl"]
 
 
-class _ControlClient:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        # Generous timeout: pay/resend with wait=true answer only after the callbacks.
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
+class _ControlClient(ControlClient):
     async def _call(
         self,
         method: str,
@@ -56,16 +23,7 @@ class _ControlClient:
         body: Any = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        response = await self._http.request(
-            method,
-            path,
-            content=None if body is None else dumps(body),
-            params=params,
-            headers=headers,
-        )
-        if not response.is_success:
-            raise ControlError(method, path, response.status_code, response.text)
+        response = await self._request(method, path, body=body, params=params)
         return loads(response.content) if response.content else None
 
     # Shared by both emulators -------------------------------------------------

@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import httpx
-
-from sandbox.common import dumps
+from sandbox.control_client import ControlClient, ControlError
 
 SEQ_HEADER = "X-Sandbox-Seq"
 Record = dict[str, Any]
 
 
-class TelegramControlError(AssertionError):
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path} -> {status}: {body[:1000]}")
-        self.status = status
-        self.body = body
+class TelegramControlError(ControlError, AssertionError):
+    """An AssertionError too, so a failed steer reads plainly in pytest."""
+
+    body_limit = 1000
 
 
 def render_transcript(records: Iterable[Record]) -> str:
@@ -66,57 +62,10 @@ def render_transcript(records: Iterable[Record]) -> str:
     return "\n".join(lines) if lines else "(no messages)"
 
 
-class TelegramControl:
+class TelegramControl(ControlClient):
     """Steers a running ``TelegramEmulator`` through its control API."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        # The timeout covers plain calls; long polls add their own wait on top.
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    # ----------------------------------------------------------------------- plumbing
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: dict[str, Any] | None = None,
-        wait: float | None = None,
-    ) -> httpx.Response:
-        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else wait + 10.0
-        response = await self._http.request(
-            method,
-            path,
-            content=None if body is None else dumps(body).encode(),
-            headers={"Content-Type": "application/json"} if body is not None else None,
-            params=params,
-            timeout=timeout,
-        )
-        if response.status_code >= 300:
-            raise TelegramControlError(method, path, response.status_code, response.text)
-        return response
+    error = TelegramControlError
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
