@@ -108,6 +108,7 @@ class BotApp:
             self.vault,
             self.notifier,
             lease=timedelta(seconds=s.fulfilment_lease_seconds),
+            funds_lease=timedelta(seconds=s.funds_lease_seconds),
         )
         self.processor = AITokenPaymentProcessor(
             self.sessions,

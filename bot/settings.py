@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # Crash recovery (docs/reliability.md): a killed process's claim on a buyer's
     # fulfilment is taken over after this lease; it must outlast one attempt's HTTP calls.
     fulfilment_lease_seconds: int = Field(default=300, ge=30)
+    # Raising a key limit holds one lease shared by every replica (the funds ledger);
+    # it must outlast one PATCH with its retries (3 × 10 s), and a killed holder's
+    # lease stalls other deliveries for at most this long.
+    funds_lease_seconds: int = Field(default=45, ge=10)
     # An order still "new" (invoice call never came back) after this is closed.
     stale_order_seconds: int = Field(default=600, ge=30)
     quota_check_seconds: int = Field(default=600, ge=1)

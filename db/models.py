@@ -244,3 +244,24 @@ class Broadcast(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class FundsLedger(Base):
+    """The operator's OpenRouter headroom as last measured, shared by every replica.
+
+    One row (id 1). A key's limit is raised only while holding this row's lease, and
+    each raise is added to ``committed`` before the lease is let go: two replicas can
+    never both spend the same headroom (SPEC §2's balance check holds across processes,
+    not only within one). The lease is a row, not a held transaction, because the
+    PATCH it covers is a network call.
+    """
+
+    __tablename__ = "funds_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What GET /credits and the key list said at measured_at, plus raises made since.
+    measured_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    available: Mapped[Decimal | None] = mapped_column(Money(18, 6))
+    committed: Mapped[Decimal | None] = mapped_column(Money(18, 6))

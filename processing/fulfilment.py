@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.callbacks import MenuCb
 from db import repo
 from db.models import ApiKey, Order, OrderEvent, OrderStatus, User
+from processing.funds import Funds, SharedFunds
 from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.money import ceil_cents, format_tokens, format_usd
@@ -54,16 +53,6 @@ class LeaseLost(Exception):
     """Another worker owns this buyer now; stop without touching anything else."""
 
 
-@dataclass(frozen=True)
-class Funds:
-    available: Decimal  # total_credits - total_usage
-    committed: Decimal  # Σ limit_remaining of every buyer key
-
-    @property
-    def headroom(self) -> Decimal:
-        return self.available - self.committed
-
-
 class Fulfilment:
     def __init__(
         self,
@@ -78,6 +67,7 @@ class Fulfilment:
         funds_recheck: timedelta = timedelta(seconds=30),
         concurrency: int = 4,
         funds_ttl: float = 10.0,
+        funds_lease: timedelta = timedelta(seconds=45),
     ) -> None:
         self.sessions = sessions
         self.openrouter = openrouter
@@ -89,8 +79,9 @@ class Fulfilment:
         self.funds_recheck = funds_recheck
         self.concurrency = concurrency
         self._commit_lock = asyncio.Lock()
-        self.funds_ttl = funds_ttl
-        self._funds: tuple[float, Funds] | None = None
+        self.shared_funds = SharedFunds(
+            sessions, openrouter, key_prefix=KEY_NAME_PREFIX, lease=funds_lease, ttl=funds_ttl
+        )
         self._local: dict[int, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ jobs
@@ -269,31 +260,39 @@ class Fulfilment:
         try:
             key_hash, created = await self._ensure_key(user_id, order_id, key_row, token)
             current = await self.openrouter.get_key(key_hash)
-            # Balance check and PATCH as one section per process: buyers are fulfilled
-            # concurrently, and two checks against the same headroom must not both pass.
-            async with self._commit_lock:
+            # Balance check, PATCH and booking of the raise as one section: buyers are
+            # fulfilled concurrently here and on other replicas, and two checks against
+            # the same headroom must not both pass. The process lock keeps this
+            # process's deliveries from polling the shared lease against each other.
+            async with self._commit_lock, self.shared_funds.hold() as funds_hold:
                 # Only the part of the target not yet on the key needs fresh funds: after a
                 # crash between PATCH and commit the key already carries this order.
                 needed = max(Decimal(0), target - (current.limit or Decimal(0)))
-                funds = await self.headroom(needed)
+                funds = await funds_hold.headroom(needed)
                 if needed > funds.headroom:
                     await self._await_funds(order_id, user_id, token, previous, needed, funds)
                     return False
-                # Re-assert the lease just before the write that moves money. A worker that
-                # stalled past its lease may have been overtaken by one that delivered more
-                # of this buyer's orders; PATCHing its older, lower absolute limit would take
-                # credit back. The PATCH itself is bounded by the client's timeouts, which a
-                # lease must outlast (docs/reliability.md).
+                # Re-assert both leases just before the write that moves money. A worker
+                # that stalled past its user lease may have been overtaken by one that
+                # delivered more of this buyer's orders; PATCHing its older, lower absolute
+                # limit would take credit back. The PATCH itself is bounded by the client's
+                # timeouts, which both leases must outlast (docs/reliability.md).
                 async with self.sessions() as session, session.begin():
                     await self._renew(session, user_id, token)
-                updated = await self.openrouter.set_key_limit(key_hash, target)
-                self.spent(needed)
+                    await funds_hold.confirm(session)
+                try:
+                    updated = await self.openrouter.set_key_limit(key_hash, target)
+                except OpenRouterError:
+                    funds_hold.forget()  # it may have landed: measure afresh next time
+                    raise
                 if updated.limit is None or updated.limit != target:
+                    funds_hold.forget()
                     raise OpenRouterError(
                         "openrouter",
                         f"limit after PATCH is {updated.limit}, expected {target}",
                         transient=True,
                     )
+                funds_hold.spent(needed)
         except OpenRouterError as exc:
             await self._attempt_failed(order_id, user_id, token, attempts, exc)
             return False
@@ -361,42 +360,9 @@ class Fulfilment:
         log.info("key_created user=%s hash=%s", user_id, info.hash[:12])
         return info.hash, True
 
-    async def headroom(self, needed: Decimal) -> Funds:
-        """Funds for a decision about ``needed`` dollars, read at most every few seconds.
-
-        Listing every key costs O(buyers) calls, too much per delivery. The cache is
-        safe because headroom = credits − Σ key limits − other usage: a buyer spending
-        lowers balance and committed alike, a top-up only raises it, and our own
-        PATCHes are subtracted as they happen (``spent``). A "not enough" answer is
-        always re-read before an order is made to wait.
-        """
-        now = time.monotonic()
-        cached = self._funds
-        if cached is not None and now - cached[0] < self.funds_ttl:
-            funds = cached[1]
-            if needed <= funds.headroom:
-                return funds
-        funds = await self.funds()
-        self._funds = (time.monotonic(), funds)
-        return funds
-
-    def spent(self, amount: Decimal) -> None:
-        """A PATCH raised limits by ``amount``: the cached headroom shrinks by as much."""
-        if self._funds is not None:
-            stamp, funds = self._funds
-            self._funds = (stamp, Funds(funds.available, funds.committed + amount))
-
     async def funds(self) -> Funds:
-        """Operator balance vs what buyer keys may still spend (SPEC §2)."""
-        credits = await self.openrouter.credits()
-        committed = Decimal(0)
-        async for key in self.openrouter.iter_keys():
-            if key.name.startswith(KEY_NAME_PREFIX) and not key.disabled and key.limit is not None:
-                remaining = key.limit_remaining
-                if remaining is None:
-                    remaining = key.limit - key.usage
-                committed += max(Decimal(0), remaining)
-        return Funds(credits.balance, committed)
+        """Operator balance vs what buyer keys may still spend, measured now (SPEC §2)."""
+        return await self.shared_funds.measure()
 
     # --------------------------------------------------------------- records
     async def _delivered(

@@ -12,7 +12,7 @@ import httpx
 from bot.app import BotApp
 from db import repo
 from db.models import User
-from processing.fulfilment import KEY_CREATE_STARTED
+from processing.fulfilment import KEY_CREATE_STARTED, Fulfilment
 from processing.jobs import JobIntervals
 from sandbox.runner import MANAGEMENT_KEY
 from services.clock import utcnow
@@ -170,3 +170,41 @@ async def test_first_key_is_created_without_listing_every_key(tmp_path: Path) ->
         assert len(lists) == 1
         keys = [k for k in await env.orc.keys() if not k["deleted"]]
         assert [k["limit"] for k in keys] == [Decimal("5.70")]
+
+
+async def test_two_replicas_cannot_spend_the_same_headroom(tmp_path: Path) -> None:
+    """Funds for two orders, three paid, delivered by two replicas in turn.
+
+    A replica that kept its own view of the headroom would not see the other's raise
+    and let the third PATCH through, over-committing the operator's balance; the shared
+    funds ledger makes the third order wait for funds with the exact top-up.
+    """
+    buyers = [BUYER, BUYER + 1, BUYER + 2]
+    async with running_env(tmp_path) as env:
+        app = env.app
+        app.processor.on_paid = None  # orders stay "paid" until a replica is told to run
+        orders = [await env.buy(buyer) for buyer in buyers]
+        # Two Starter orders ($1.65 base each) and $0.35 to spare.
+        await env.orc.set_credits(total_credits=Decimal("3.65"), total_usage=Decimal("0"))
+        for order_id in orders:
+            await env.pay(order_id)
+            await env.wait_status(order_id, "paid")
+        one = app.fulfilment
+        two = Fulfilment(app.sessions, app.openrouter, app.vault, app.notifier)
+        await two.fulfil_user(buyers[0])  # replica two measures: $3.65 − $1.65
+        await one.fulfil_user(buyers[1])  # replica one spends most of the rest
+        await two.fulfil_user(buyers[2])  # within seconds: two must see one's raise
+        statuses = [(await env.order(order_id)).status for order_id in orders]
+        assert statuses == ["delivered", "delivered", "awaiting_funds"]
+        keys = [k for k in await env.orc.keys() if not k["deleted"]]
+        assert sum((k["limit"] for k in keys), Decimal(0)) == Decimal("3.30")  # never 4.95
+        # $0.35 left for a $1.65 order: the exact top-up is $1.30.
+        await env.tg.wait_for_text(
+            env.admin_chat, f"Order #{orders[2]} awaits funds. Top up OpenRouter by exactly $1.30"
+        )
+        await env.orc.set_credits(total_credits=Decimal("4.95"))
+        await env.update_order(orders[2], next_attempt_at=utcnow())  # the recheck is due
+        await one.fulfil_user(buyers[2])
+        await env.wait_status(orders[2], "delivered")
+        keys = [k for k in await env.orc.keys() if not k["deleted"]]
+        assert sorted(k["limit"] for k in keys) == [Decimal("1.65")] * 3

@@ -1,0 +1,224 @@
+"""The operator's headroom on OpenRouter, one figure shared by every replica.
+
+SPEC §2: before a key's limit is raised, the operator's balance (``GET /credits``:
+total_credits − total_usage) must cover what buyer keys may already spend plus the
+raise. Measuring means listing every key — O(buyers) calls — so the measurement is
+kept for a few seconds. It stays true in between because usage lowers the balance and
+what keys may spend alike, a top-up only raises the headroom, and every raise of a
+limit is added to ``committed`` as it is made.
+
+That last part must hold across processes too: two replicas that each kept their own
+figure could both spend the same headroom. So the figure lives in one database row
+(``funds_ledger``), and raising a limit is done only while holding that row's lease:
+read the figure (re-measure when old or short), PATCH, add the raise, let go. The
+lease is a row with an expiry, not a held transaction, because the PATCH it covers is
+a network call; it must outlast one PATCH with its retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.models import FundsLedger
+from services.clock import utcnow
+from services.errors import OpenRouterError
+from services.openrouter import OpenRouterClient
+
+log = logging.getLogger(__name__)
+
+LEDGER_ID = 1
+
+
+@dataclass(frozen=True)
+class Funds:
+    available: Decimal  # total_credits - total_usage
+    committed: Decimal  # Σ limit_remaining of every buyer key
+
+    @property
+    def headroom(self) -> Decimal:
+        return self.available - self.committed
+
+
+class FundsBusy(OpenRouterError):
+    """The funds lease could not be had in time, or was lost: try the order again later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("funds", message, transient=True)
+
+
+class SharedFunds:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        openrouter: OpenRouterClient,
+        *,
+        key_prefix: str,
+        lease: timedelta = timedelta(seconds=45),
+        ttl: float = 10.0,
+    ) -> None:
+        self.sessions = sessions
+        self.openrouter = openrouter
+        self.key_prefix = key_prefix
+        self.lease = lease
+        self.ttl = ttl
+        # A waiter gives up a little after a dead holder's lease would have run out.
+        self.wait = lease.total_seconds() * 1.5
+
+    async def measure(self) -> Funds:
+        """Operator balance vs what buyer keys may still spend, straight from OpenRouter."""
+        credits = await self.openrouter.credits()
+        committed = Decimal(0)
+        async for key in self.openrouter.iter_keys():
+            if key.name.startswith(self.key_prefix) and not key.disabled and key.limit is not None:
+                remaining = key.limit_remaining
+                if remaining is None:
+                    remaining = key.limit - key.usage
+                committed += max(Decimal(0), remaining)
+        return Funds(credits.balance, committed)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[FundsHold]:
+        """The funds lease for one raise of a limit; raises ``FundsBusy`` if not had in time.
+
+        On the way out the raise (``spent``) is booked and the lease let go in one
+        transaction. A holder that dies first books nothing, but leaves its name on the
+        lease: whoever takes the expired lease over then measures afresh.
+        """
+        token = uuid.uuid4().hex
+        known = await self._acquire(token)
+        hold = FundsHold(self, token, known)
+        try:
+            yield hold
+        finally:
+            await self._release(hold)
+
+    async def _acquire(self, token: str) -> Funds | None:
+        deadline = time.monotonic() + self.wait
+        pause = 0.01
+        while True:
+            now = utcnow()
+            async with self.sessions() as session, session.begin():
+                result = await session.execute(
+                    update(FundsLedger)
+                    .where(
+                        FundsLedger.id == LEDGER_ID,
+                        or_(FundsLedger.lease_until.is_(None), FundsLedger.lease_until < now),
+                    )
+                    .values(
+                        lease_owner=token,
+                        lease_until=now + self.lease,
+                        # Taken over from a holder that never let go: it may have raised a
+                        # limit without booking it, so the figure is no longer to be trusted.
+                        measured_at=case(
+                            (FundsLedger.lease_owner.is_(None), FundsLedger.measured_at),
+                            else_=None,
+                        ),
+                    )
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    row = (
+                        await session.execute(
+                            select(FundsLedger).where(FundsLedger.id == LEDGER_ID)
+                        )
+                    ).scalar_one()
+                    return _fresh(row, self.ttl)
+            if time.monotonic() >= deadline:
+                raise FundsBusy("the funds lease is held elsewhere")
+            # Holders keep it for one PATCH (milliseconds to a few seconds): poll briskly,
+            # with jitter so replicas don't wake in step.
+            await asyncio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.5)
+
+    async def _release(self, hold: FundsHold) -> None:
+        async with self.sessions() as session, session.begin():
+            values: dict[str, object] = {"lease_owner": None, "lease_until": None}
+            if hold.unsure:
+                values["measured_at"] = None
+            elif hold.booked:
+                committed = (
+                    await session.execute(
+                        select(FundsLedger.committed).where(FundsLedger.id == LEDGER_ID)
+                    )
+                ).scalar_one()
+                # Added in Python: SQLite keeps money as exact text, and only the holder
+                # writes this figure, so read-then-write cannot lose an update.
+                values["committed"] = (committed or Decimal(0)) + hold.booked
+            # Fenced: a holder that lost the lease writes nothing (the taker re-measures).
+            await session.execute(
+                update(FundsLedger)
+                .where(FundsLedger.id == LEDGER_ID, FundsLedger.lease_owner == hold.token)
+                .values(**values)
+            )
+
+    async def _fenced(self, session: AsyncSession, token: str, **values: object) -> None:
+        """Write to the ledger only while still its holder (and extend the lease)."""
+        result = await session.execute(
+            update(FundsLedger)
+            .where(FundsLedger.id == LEDGER_ID, FundsLedger.lease_owner == token)
+            .values(lease_until=utcnow() + self.lease, **values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise FundsBusy("the funds lease was lost")
+
+
+def _fresh(row: FundsLedger, ttl: float) -> Funds | None:
+    """The stored figure, if measured within ``ttl`` seconds."""
+    if row.measured_at is None or row.available is None or row.committed is None:
+        return None
+    age = (utcnow() - row.measured_at).total_seconds()
+    return Funds(row.available, row.committed) if 0 <= age < ttl else None
+
+
+class FundsHold:
+    """What the holder of the funds lease may do. Every write is fenced by the lease."""
+
+    def __init__(self, funds: SharedFunds, token: str, known: Funds | None) -> None:
+        self._funds = funds
+        self.token = token
+        self._known = known
+        self.booked = Decimal(0)
+        self.unsure = False
+
+    async def headroom(self, needed: Decimal) -> Funds:
+        """The shared figure, re-measured when older than the TTL or too short for ``needed``.
+
+        A "not enough" answer is always a fresh measurement, so an order never waits
+        for funds on a stale figure.
+        """
+        if self._known is not None and needed <= self._known.headroom:
+            return self._known
+        measured = await self._funds.measure()
+        async with self._funds.sessions() as session, session.begin():
+            await self._funds._fenced(
+                session,
+                self.token,
+                measured_at=utcnow(),
+                available=measured.available,
+                committed=measured.committed,
+            )
+        self._known = measured
+        return measured
+
+    async def confirm(self, session: AsyncSession) -> None:
+        """Re-assert the lease in the caller's transaction, right before the PATCH."""
+        await self._funds._fenced(session, self.token)
+
+    def spent(self, amount: Decimal) -> None:
+        """A PATCH raised limits by ``amount``; booked into the shared figure on release."""
+        self.booked += amount
+
+    def forget(self) -> None:
+        """A PATCH whose outcome is unknown: the next holder measures afresh."""
+        self.unsure = True
