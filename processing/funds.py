@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 import uuid
@@ -35,8 +34,6 @@ from db.models import FundsLedger
 from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
-
-log = logging.getLogger(__name__)
 
 LEDGER_ID = 1
 
@@ -162,7 +159,7 @@ class SharedFunds:
                 .values(**values)
             )
 
-    async def _fenced(self, session: AsyncSession, token: str, **values: object) -> None:
+    async def fenced(self, session: AsyncSession, token: str, **values: object) -> None:
         """Write to the ledger only while still its holder (and extend the lease)."""
         result = await session.execute(
             update(FundsLedger)
@@ -201,7 +198,7 @@ class FundsHold:
             return self._known
         measured = await self._funds.measure()
         async with self._funds.sessions() as session, session.begin():
-            await self._funds._fenced(
+            await self._funds.fenced(
                 session,
                 self.token,
                 measured_at=utcnow(),
@@ -213,7 +210,7 @@ class FundsHold:
 
     async def confirm(self, session: AsyncSession) -> None:
         """Re-assert the lease in the caller's transaction, right before the PATCH."""
-        await self._funds._fenced(session, self.token)
+        await self._funds.fenced(session, self.token)
 
     def spent(self, amount: Decimal) -> None:
         """A PATCH raised limits by ``amount``; booked into the shared figure on release."""
