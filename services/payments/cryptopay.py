@@ -75,6 +75,7 @@ class CryptoPayClient:
         base_url: str = MAINNET_URL,
         timeout: float = 10.0,
         attempts: int = 3,
+        backoff: float = 0.3,
         page_size: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -89,6 +90,7 @@ class CryptoPayClient:
             headers={"Crypto-Pay-API-Token": token},
             timeout=timeout,
             attempts=attempts,
+            backoff=backoff,
             transport=transport,
         )
 
