@@ -106,6 +106,10 @@ async def test_get_me_and_balance(env: Env) -> None:
     assert balance["USDT"].available == Decimal("12.5")
     assert balance["BTC"].available == Decimal("0.00012345")
     assert all(isinstance(b.available, Decimal) and b.onhold == 0 for b in balance.values())
+    await env.control.set_rates({"BTC": Decimal("70000.12")})
+    rates = await env.client.get_usd_rates()
+    assert rates["BTC"] == Decimal("70000.12") and rates["USDT"] == 1
+    assert all(type(rate) is Decimal for rate in rates.values())
 
 
 async def test_create_poll_and_paid_status(env: Env) -> None:

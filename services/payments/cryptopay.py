@@ -156,6 +156,18 @@ class CryptoPayClient:
             raise CryptoPayError(NAME, f"getBalance: malformed balance: {exc}") from exc
         return {balance.asset: balance for balance in balances}
 
+    async def get_usd_rates(self) -> dict[str, Decimal]:
+        """Asset → USD per unit, from ``getExchangeRates`` (only rows marked valid)."""
+        result = await self._call("getExchangeRates")
+        rates: dict[str, Decimal] = {}
+        try:
+            for row in result:
+                if row.get("is_valid") is True and row.get("target") == "USD":
+                    rates[str(row["source"])] = to_decimal(row["rate"])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CryptoPayError(NAME, f"getExchangeRates: malformed rate: {exc}") from exc
+        return rates
+
     async def get_invoices(self, invoice_ids: Sequence[int]) -> list[CryptoPayInvoice]:
         """The invoices with these ids (unknown ids are simply absent), in pages:
         the API returns at most ``count`` items (default 100) per call."""

@@ -102,7 +102,8 @@ class CryptoPayInvoice:
 
     def to_status(self) -> PaymentStatus:
         """The provider-neutral view. For a fiat invoice the buyer picks the asset in
-        @CryptoBot, so the crypto side is known only once it is paid."""
+        @CryptoBot, so the crypto side is known only once it is paid. (For a crypto
+        invoice ``fiat_currency`` is empty, so it can never match a USD order.)"""
         return PaymentStatus(
             provider=NAME,
             payment_id=str(self.invoice_id),
