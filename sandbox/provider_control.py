@@ -12,7 +12,7 @@ from typing import Any
 from sandbox.common import loads
 from sandbox.control_client import ControlClient, ControlError
 
-__all__ = ["ControlError", "KryptoExpressControl", "OpenRouterControl"]
+__all__ = ["ControlError", "CryptoPayControl", "KryptoExpressControl", "OpenRouterControl"]
 
 
 class _ControlClient(ControlClient):
@@ -121,3 +121,71 @@ class KryptoExpressControl(_ControlClient):
 
     async def set_prices(self, prices: dict[str, Decimal]) -> Any:
         return await self._call("POST", "/control/prices", prices)
+
+
+class CryptoPayControl(_ControlClient):
+    """Steers ``sandbox.cryptopay.CryptoPayEmulator``; amounts come back as strings, as
+    the API writes them. Delivery options: signature (valid|none|bad), deliveries,
+    concurrent, wait, body_override (webhook route only)."""
+
+    async def invoices(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/control/invoices")
+        return result
+
+    async def invoice(self, invoice_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/control/invoices/{invoice_id}")
+        return result
+
+    async def pay(
+        self, invoice_id: int, asset: str | None = None, *, webhook: bool = True, **options: Any
+    ) -> dict[str, Any]:
+        """The buyer pays in ``asset``; returns ``{invoice, deliveries}``."""
+        body = {"asset": asset, "webhook": webhook, **options}
+        result: dict[str, Any] = await self._call(
+            "POST", f"/control/invoices/{invoice_id}/pay", body
+        )
+        return result
+
+    async def expire(self, invoice_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", f"/control/invoices/{invoice_id}/expire")
+        return result
+
+    async def send_webhook(self, invoice_id: int, **options: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", f"/control/invoices/{invoice_id}/webhook", options
+        )
+        return result
+
+    async def transfers(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/control/transfers")
+        return result
+
+    async def balances(self) -> dict[str, str]:
+        result: dict[str, str] = await self._call("GET", "/control/balances")
+        return result
+
+    async def set_balances(self, balances: dict[str, Decimal]) -> dict[str, str]:
+        result: dict[str, str] = await self._call("POST", "/control/balances", balances)
+        return result
+
+    async def set_user_started(self, user_id: int, started: bool) -> Any:
+        """Whether the user ever opened @CryptoBot (a transfer to one who did not fails)."""
+        key = "started" if started else "not_started"
+        return await self._call("POST", "/control/users", {key: [user_id]})
+
+    async def settings(self, **settings: Any) -> dict[str, Any]:
+        """``transfers_enabled`` (else 403 METHOD_DISABLED), ``webhook_url``."""
+        result: dict[str, Any] = await self._call("POST", "/control/settings", settings)
+        return result
+
+    async def set_rates(self, rates: dict[str, Decimal]) -> Any:
+        return await self._call("POST", "/control/rates", rates)
+
+    async def drop_answer(self, method: str, count: int = 1) -> Any:
+        """The next ``count`` calls of ``method`` are applied, then answered by a dropped
+        connection."""
+        return await self._call("POST", "/control/drop_answer", {"method": method, "count": count})
+
+    async def deliveries(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/control/deliveries")
+        return result

@@ -75,3 +75,30 @@ class OpenRouterError(ExternalError):
 
 class ProviderError(ExternalError):
     pass
+
+
+class CryptoPayError(ProviderError):
+    """Crypto Pay failed or refused. ``error_name`` is the API's own ``error.name``
+    (``USER_NOT_FOUND``, ``INSUFFICIENT_FUNDS``, ``SPEND_ID_ALREADY_USED``, …) when it
+    answered with its envelope, None for a transport failure or a bare 5xx."""
+
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        body: str | None = None,
+        error_name: str | None = None,
+    ) -> None:
+        super().__init__(service, message, status=status, transient=transient, body=body)
+        self.error_name = error_name
+
+
+class CallbackRejected(Exception):
+    """A provider callback/webhook failed its signature or shape check; nothing was applied."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
