@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.vault import parse_keys
+
 
 class ConfigError(Exception):
     """A missing or malformed setting; the message is one line naming it."""
@@ -155,6 +157,14 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # Comma-separated, newest first; empty means unset (require_for_production says so).
+        if value is not None and value.get_secret_value().strip():
+            parse_keys(value.get_secret_value())
         return value
 
     @property
