@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     encryption_key: SecretStr | None = None
 
+    log_format: Literal["text", "json"] = "text"
+    # Daily online backups of a SQLite database (processing/backup.py); unset = none.
+    backup_dir: str | None = None
+    backup_keep: int = Field(default=7, ge=1)
+
     # Not in SPEC §7 but needed to run: how long an unpaid quote stays valid.
     quote_ttl_seconds: int = Field(default=900, ge=30)
     # Schedules of the background jobs (SPEC §6); times are HH:MM in TIMEZONE.
@@ -158,6 +163,12 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # ``BACKUP_DIR=`` as .env.example ships it means "no backups", not the cwd.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("encryption_key")
     @classmethod
