@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 
 from bot.settings import ConfigError, load_settings
+from services.logcontext import configure_logging
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    configure_logging(log_format, logging.INFO if verbose else logging.WARNING)
     # aiogram logs every handled update at INFO; httpx every request: too chatty.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -41,7 +39,7 @@ async def _until_stopped() -> None:
     await stop.wait()
 
 
-async def _run_real(worker: bool = False) -> int:
+async def _run_real(worker: bool = False, verbose: bool = False) -> int:
     from bot.app import BotApp
 
     try:
@@ -50,6 +48,7 @@ async def _run_real(worker: bool = False) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    _logging(verbose, settings.log_format)
     app = BotApp(settings)
     try:
         # A worker replica takes no Telegram updates: only one process may long-poll
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.sandbox:
         runner = _run_sandbox(args.demo, started_at)
     else:
-        runner = _run_real(args.worker)
+        runner = _run_real(args.worker, args.verbose)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(runner)
     return 130

@@ -26,7 +26,7 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.middlewares import UserContextMiddleware
+from bot.middlewares import LogContextMiddleware, UserContextMiddleware
 from bot.settings import Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
@@ -162,6 +162,7 @@ class BotApp:
             admin=self.admin,
             admin_ops=self.admin_ops,
         )
+        self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
 
