@@ -4,6 +4,7 @@ python run.py                      # real Telegram, settings from the environmen
 python run.py --sandbox            # offline: local emulators + a web chat, nothing to configure
 python run.py --sandbox --demo     # offline, plays one purchase and prints it
 python run.py --worker             # a replica without Telegram polling (see docs/reliability.md)
+python run.py --rotate-keys        # re-encrypt stored keys with the newest ENCRYPTION_KEY, exit
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import time
 from pathlib import Path
 
 from bot.settings import ConfigError, load_settings
+from services.logcontext import configure_logging
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    configure_logging(log_format, logging.INFO if verbose else logging.WARNING)
     # aiogram logs every handled update at INFO; httpx every request: too chatty.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -40,7 +39,7 @@ async def _until_stopped() -> None:
     await stop.wait()
 
 
-async def _run_real(worker: bool = False) -> int:
+async def _run_real(worker: bool = False, verbose: bool = False) -> int:
     from bot.app import BotApp
 
     try:
@@ -49,6 +48,7 @@ async def _run_real(worker: bool = False) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    _logging(verbose, settings.log_format)
     app = BotApp(settings)
     try:
         # A worker replica takes no Telegram updates: only one process may long-poll
@@ -57,6 +57,34 @@ async def _run_real(worker: bool = False) -> int:
         await _until_stopped()
     finally:
         await app.stop()
+    return 0
+
+
+async def _rotate_keys() -> int:
+    from db.engine import create_engine, session_factory
+    from processing.keyrotation import rotate_keys
+    from services.vault import KeyVault
+
+    try:
+        settings = load_settings()
+        if settings.encryption_key is None or not settings.encryption_key.get_secret_value():
+            raise ConfigError("ENCRYPTION_KEY is required but not set")
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    engine = create_engine(settings.database_url)
+    try:
+        vault = KeyVault(settings.encryption_key.get_secret_value())
+        report = await rotate_keys(session_factory(engine), vault)
+    finally:
+        await engine.dispose()
+    print(f"rotated {report.rotated} stored key(s) to the newest ENCRYPTION_KEY")
+    if report.changed_meanwhile:
+        print(f"{report.changed_meanwhile} key(s) changed during the run: run it again")
+    if report.unreadable:
+        ids = ", ".join(str(i) for i in report.unreadable)
+        print(f"no listed ENCRYPTION_KEY opens api_keys id(s): {ids}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -109,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replica: HTTP callbacks, scheduled jobs and outbox, but no Telegram polling",
     )
+    parser.add_argument(
+        "--rotate-keys",
+        action="store_true",
+        help="re-encrypt every stored key with the newest ENCRYPTION_KEY, report the count, exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     started_at = time.monotonic()
     args = parser.parse_args(argv)
@@ -117,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     _logging(args.verbose)
     if args.worker and args.sandbox:
         parser.error("--worker is for real mode")
-    runner = _run_sandbox(args.demo, started_at) if args.sandbox else _run_real(args.worker)
+    if args.rotate_keys and (args.sandbox or args.worker):
+        parser.error("--rotate-keys runs alone")
+    if args.rotate_keys:
+        runner = _rotate_keys()
+    elif args.sandbox:
+        runner = _run_sandbox(args.demo, started_at)
+    else:
+        runner = _run_real(args.worker, args.verbose)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(runner)
     return 130

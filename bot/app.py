@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Dispatcher
@@ -25,7 +26,7 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.middlewares import UserContextMiddleware
+from bot.middlewares import LogContextMiddleware, UserContextMiddleware
 from bot.settings import Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
@@ -33,6 +34,7 @@ from handlers import routers
 from handlers.admin import AdminOrderCb
 from locales import LANGUAGES, translator
 from processing.alerts import BuyerAlerts
+from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
 from processing.jobs import JobIntervals, build_scheduler
 from processing.outbox import OutboxSender
@@ -160,6 +162,7 @@ class BotApp:
             admin=self.admin,
             admin_ops=self.admin_ops,
         )
+        self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
 
@@ -195,6 +198,7 @@ class BotApp:
                 prices=float(s.price_refresh_seconds),
             ),
             timezone=s.timezone,
+            backup=self._backup(),
         )
         self.admin_ops.install(self.scheduler)  # daily/weekly admin reports
         # Reminders run on the expiry cadence; the quota sweep and summary on their own.
@@ -225,6 +229,16 @@ class BotApp:
                 # Crypto Pay is the second provider of SPEC §3; not built yet.
                 log.info("provider_skipped provider=%s reason=not_implemented", name)
         return providers
+
+    def _backup(self) -> SqliteBackup | None:
+        s = self.settings
+        if not s.backup_dir:
+            return None
+        database = sqlite_path(s.database_url)
+        if database is None:
+            log.warning("backup_dir_ignored reason=not_sqlite hint=back PostgreSQL up with pg_dump")
+            return None
+        return SqliteBackup(database, Path(s.backup_dir), s.backup_keep)
 
     def _storage(self) -> BaseStorage:
         if self.settings.redis_url:

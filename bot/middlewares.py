@@ -6,10 +6,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import TelegramObject, User
+from aiogram.types import TelegramObject, Update, User
 
 from locales import normalize_language, translator
+from services.logcontext import bind
 from services.orders import OrderService
+
+
+class LogContextMiddleware(BaseMiddleware):
+    """Binds update_id and the sender's user_id to every log line of this update."""
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        tg_user: User | None = data.get("event_from_user")
+        update_id = event.update_id if isinstance(event, Update) else None
+        with bind(update_id=update_id, user_id=tg_user.id if tg_user else None):
+            return await handler(event, data)
 
 
 class UserContextMiddleware(BaseMiddleware):

@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.vault import parse_keys
+
 
 class ConfigError(Exception):
     """A missing or malformed setting; the message is one line naming it."""
@@ -79,6 +81,11 @@ class Settings(BaseSettings):
     payment_poll_seconds: int = Field(default=30, ge=1)
     timezone: str = "UTC"
     encryption_key: SecretStr | None = None
+
+    log_format: Literal["text", "json"] = "text"
+    # Daily online backups of a SQLite database (processing/backup.py); unset = none.
+    backup_dir: str | None = None
+    backup_keep: int = Field(default=7, ge=1)
 
     # Not in SPEC §7 but needed to run: how long an unpaid quote stays valid.
     quote_ttl_seconds: int = Field(default=900, ge=30)
@@ -155,6 +162,20 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # ``BACKUP_DIR=`` as .env.example ships it means "no backups", not the cwd.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # Comma-separated, newest first; empty means unset (require_for_production says so).
+        if value is not None and value.get_secret_value().strip():
+            parse_keys(value.get_secret_value())
         return value
 
     @property

@@ -26,6 +26,7 @@ from db.models import ApiKey, Order, OrderEvent, OrderStatus, User
 from processing.funds import Funds, SharedFunds
 from services.clock import utcnow
 from services.errors import OpenRouterError
+from services.logcontext import bind
 from services.money import ceil_cents, format_tokens, format_usd
 from services.notify import API_KEY_SLOT, Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
@@ -140,7 +141,8 @@ class Fulfilment:
                     order_id = await self._next_order(user_id)
                     if order_id is None:
                         break
-                    done = await self._fulfil_order(user_id, order_id, token)
+                    with bind(order_id=order_id, user_id=user_id):
+                        done = await self._fulfil_order(user_id, order_id, token)
                     if not done:
                         break
             except LeaseLost:

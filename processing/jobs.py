@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.util import undefined
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from processing.backup import SqliteBackup
 from processing.fulfilment import Fulfilment
 from processing.payments import AITokenPaymentProcessor
 from services.errors import ExternalError
@@ -55,6 +56,7 @@ def build_scheduler(
     sessions: async_sessionmaker[AsyncSession],
     intervals: JobIntervals,
     timezone: str = "UTC",
+    backup: SqliteBackup | None = None,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(
         timezone=timezone,
@@ -90,5 +92,15 @@ def build_scheduler(
             name=name,
             replace_existing=True,
             next_run_time=first if first else undefined,
+        )
+    if backup is not None:
+        scheduler.add_job(
+            _guarded("sqlite_backup", backup.run),
+            "interval",
+            days=1,
+            id="sqlite_backup",
+            name="sqlite_backup",
+            replace_existing=True,
+            next_run_time=backup.next_run(),
         )
     return scheduler

@@ -23,6 +23,7 @@ from db.models import Order, OrderStatus, Payment
 from services.clock import utcnow
 from services.errors import ExternalError, OrderNotFound
 from services.jsonutil import jsonable
+from services.logcontext import annotate, bind
 from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
 from services.payments.base import PaymentProvider, PaymentStatus
@@ -75,10 +76,11 @@ class AITokenPaymentProcessor:
 
     # --------------------------------------------------------------- confirm
     async def apply_status(self, status: PaymentStatus, *, source: str) -> ApplyResult:
-        result = await self._apply(status, source=source)
-        if result.outcome is Outcome.PAID and self.on_paid and result.user_id is not None:
-            await self.on_paid(result.user_id)
-        return result
+        with bind():  # _apply annotates the order once it has found it
+            result = await self._apply(status, source=source)
+            if result.outcome is Outcome.PAID and self.on_paid and result.user_id is not None:
+                await self.on_paid(result.user_id)
+            return result
 
     async def _apply(self, status: PaymentStatus, *, source: str) -> ApplyResult:
         async with self.sessions() as session, session.begin():
@@ -100,6 +102,7 @@ class AITokenPaymentProcessor:
                 return ApplyResult(Outcome.UNKNOWN)
             order = await session.get(Order, payment.order_id)
             assert order is not None
+            annotate(order_id=order.id, user_id=order.user_id)
             reason = _mismatch(status, payment, order)
             if reason:
                 log.warning(

@@ -29,6 +29,7 @@ from services.errors import (
     QuoteUnavailable,
 )
 from services.jsonutil import jsonable
+from services.logcontext import annotate
 from services.money import quantize_crypto
 from services.notify import Notifier
 from services.openrouter import ModelCatalog
@@ -341,6 +342,10 @@ class OrderService:
                 detail={"quote_id": quote_id, "total_usd": str(quote.total_usd)},
             )
             order_id, total, asset = order.id, order.total_usd, order.asset
+        annotate(order_id=order_id)
+        log.info(
+            "order_created order=%s user=%s total=%s asset=%s", order_id, user_id, total, asset
+        )
 
         try:
             invoice, failures = await self.gateway.create_invoice(
