@@ -29,6 +29,7 @@ from services.errors import OpenRouterError
 from services.money import ceil_cents, format_tokens, format_usd
 from services.notify import API_KEY_SLOT, Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
+from services.quota import last_known
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
@@ -393,10 +394,18 @@ class Fulfilment:
             key_row = await repo.get_api_key(session, user_id)
             assert key_row is not None
             show_key = not key_row.key_shown
+            # A new updated_at is a new version of the key row: every replica's /quota cache
+            # misses on it (services/quota.py). The PATCH's answer becomes the last known
+            # figures, shown if OpenRouter is down on the next /quota.
             await session.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_row.id)
-                .values(limit_usd=target, updated_at=utcnow(), key_shown=True)
+                .values(
+                    limit_usd=target,
+                    updated_at=utcnow(),
+                    key_shown=True,
+                    **last_known(info, utcnow()),
+                )
             )
             usage = info.usage
             remaining = (
