@@ -454,7 +454,6 @@ class Fulfilment:
                 await session.execute(
                     select(func.sum(Order.funds_needed_usd)).where(
                         before,
-                        Order.id != order_id,
                         Order.status.in_(
                             [OrderStatus.AWAITING_FUNDS.value, OrderStatus.FULFILLING.value]
                         ),
@@ -587,8 +586,10 @@ class Fulfilment:
                 "needed": format_usd(needed),
                 "ahead": format_usd(ahead),
             }
+            # The figure told is stored in this transaction, fenced by the lease: told once
+            # per figure. Dedupe per attempt: an order back in the queue after /retry of a
+            # failure (which forgets the figure) is announced again.
             if told is not None and told != topup:
-                # Stored in this transaction, fenced by the lease: told once per figure.
                 await self.notifier.admin(
                     session,
                     "admin.awaiting_funds_changed",
@@ -601,7 +602,7 @@ class Fulfilment:
                 await self.notifier.admin(
                     session,
                     "admin.awaiting_funds",
-                    dedupe=f"awaiting-funds:{order_id}",
+                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
                     recheck=True,
                     **figures,
                 )

@@ -109,11 +109,11 @@ async def test_queued_orders_each_get_the_topup_that_lets_them_through(tmp_path:
         pressed = await env.tg.press(ADMIN_ID, RECHECK, chat_id=env.admin_chat)
         await env.tg.callback_answer(pressed["callback_query_id"])
         await env.delivered_message(BUYER, one)
+        await env.tg.wait_for_text(env.admin_chat, "1 delivered, 1 still waiting")
         assert (await env.order(two)).status == "awaiting_funds"
         changed = await env.tg.wait_for_text(env.admin_chat, f"Order #{two} still awaits funds")
         assert "now exactly $1.65" in changed["plain"], changed["plain"]
         assert (await env.order(two)).funds_topup_usd == Decimal("1.65")
-        await env.tg.wait_for_text(env.admin_chat, "1 delivered, 1 still waiting")
 
         await env.orc.set_credits(total_credits=Decimal("3.30"))
         pressed = await env.tg.press(ADMIN_ID, RECHECK, chat_id=env.admin_chat)
