@@ -47,6 +47,18 @@ async def _measured_long_ago(env: Env) -> None:
         await session.execute(update(FundsLedger).values(measured_at=None))
 
 
+async def _recheck(env: Env) -> str:
+    """Tap `🔄 Re-check balance` as the admin; the report it posts."""
+    last = max((m["message_id"] for m in await env.tg.messages(env.admin_chat)), default=0)
+    pressed = await env.tg.press(ADMIN_ID, RECHECK, chat_id=env.admin_chat)
+    await env.tg.callback_answer(pressed["callback_query_id"])
+    report = await env.tg.wait_for(
+        env.admin_chat,
+        lambda m: m["message_id"] > last and "Balance re-checked" in (m["plain"] or ""),
+    )
+    return str(report["plain"])
+
+
 async def _limits(env: Env) -> list[Decimal]:
     return sorted(k["limit"] or Decimal(0) for k in await env.orc.keys() if not k["deleted"])
 
@@ -187,3 +199,39 @@ async def test_waiting_orders_resume_by_themselves_within_the_recheck_interval(
         await env.orc.set_credits(total_credits=Decimal("1.65"))
         await env.delivered_message(BUYER, order_id, timeout=4)
         assert await _limits(env) == [STARTER]
+
+
+async def test_the_queue_follows_payment_not_order_number(tmp_path: Path) -> None:
+    """An order created earlier but paid later queues behind the one already waiting."""
+    async with running_env(tmp_path) as env:
+        await env.orc.set_credits(total_credits=Decimal("0"), total_usage=Decimal("0"))
+        early = await env.buy(BUYER)
+        late = await env.buy(BUYER + 1)
+        await env.pay(late)
+        await env.wait_status(late, "awaiting_funds")
+        await env.orc.set_credits(total_credits=Decimal("1.65"))  # what #late was told
+        await env.pay(early)
+        await env.wait_status(early, "awaiting_funds")
+        alert = await env.tg.wait_for_text(env.admin_chat, f"Order #{early} awaits funds")
+        assert "Top up OpenRouter by exactly $1.65" in alert["plain"], alert["plain"]
+        assert "1 delivered, 1 still waiting" in await _recheck(env)
+        await env.delivered_message(BUYER + 1, late)
+        assert (await env.order(early)).status == "awaiting_funds"
+
+
+async def test_a_growing_deficit_is_told_once_per_new_figure(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.orc.set_credits(total_credits=Decimal("1.00"), total_usage=Decimal("0"))
+        order_id = await _waiting(env, BUYER)
+        await env.tg.wait_for_text(env.admin_chat, "Top up OpenRouter by exactly $0.65")
+        # The operator spends $0.50 elsewhere: the order now needs $1.15.
+        await env.orc.set_credits(total_usage=Decimal("0.50"))
+        assert "0 delivered, 1 still waiting" in await _recheck(env)
+        await _recheck(env)  # the same figure again: nothing new to tell
+        changes = [
+            m["plain"]
+            for m in await env.tg.messages(env.admin_chat)
+            if f"Order #{order_id} still awaits funds" in m["plain"]
+        ]
+        assert len(changes) == 1 and "now exactly $1.15 (was $0.65" in changes[0], changes
+        assert (await env.order(order_id)).funds_topup_usd == Decimal("1.15")
