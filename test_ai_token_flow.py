@@ -219,12 +219,10 @@ async def test_check_payment_button_confirms(tmp_path: Path) -> None:
 
 
 async def test_awaiting_funds_then_resume(tmp_path: Path) -> None:
-    intervals = JobIntervals(payment_poll=IDLE, expiry=IDLE, fulfilment=0.2, prices=IDLE)
-    async with running_env(
-        tmp_path,
-        intervals=intervals,
-        fulfilment={"funds_recheck": __import__("datetime").timedelta(seconds=0.2)},
-    ) as env:
+    intervals = JobIntervals(
+        payment_poll=IDLE, expiry=IDLE, fulfilment=IDLE, prices=IDLE, funds_recheck=0.2
+    )
+    async with running_env(tmp_path, intervals=intervals) as env:
         await env.orc.set_credits(total_credits=Decimal("1.00"), total_usage=Decimal("0"))
         order_id = await env.buy(BUYER)  # needs $1.65 of credit
         await env.pay(order_id)

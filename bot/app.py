@@ -26,6 +26,7 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
+from bot.callbacks import AdminFundsCb
 from bot.middlewares import LogContextMiddleware, UserContextMiddleware
 from bot.settings import Settings
 from db.engine import create_engine, session_factory
@@ -93,7 +94,9 @@ class BotApp:
         self.providers = self._providers()
         self.gateway = PaymentGateway(list(self.providers.values()))
         self.notifier = Notifier(
-            s.admin_chat_id, order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack()
+            s.admin_chat_id,
+            order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
+            recheck_button=AdminFundsCb(action="recheck").pack(),
         )
         self.orders = OrderService(
             self.sessions,
@@ -111,6 +114,7 @@ class BotApp:
             self.notifier,
             lease=timedelta(seconds=s.fulfilment_lease_seconds),
             funds_lease=timedelta(seconds=s.funds_lease_seconds),
+            funds_recheck=timedelta(seconds=s.funds_recheck_seconds),
         )
         self.processor = AITokenPaymentProcessor(
             self.sessions,
@@ -196,6 +200,7 @@ class BotApp:
                 expiry=float(s.expiry_check_seconds),
                 fulfilment=float(s.fulfilment_retry_seconds),
                 prices=float(s.price_refresh_seconds),
+                funds_recheck=float(s.funds_recheck_seconds),
             ),
             timezone=s.timezone,
             backup=self._backup(),

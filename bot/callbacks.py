@@ -34,3 +34,9 @@ class OrderCb(CallbackData, prefix="o"):
 
 class LangCb(CallbackData, prefix="l"):
     code: str
+
+
+class AdminFundsCb(CallbackData, prefix="af"):
+    """`🔄 Re-check balance` under funds alerts; admins only (handlers/admin.py)."""
+
+    action: str  # recheck

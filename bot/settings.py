@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # it must outlast one PATCH with its retries (3 × 10 s), and a killed holder's
     # lease stalls other deliveries for at most this long.
     funds_lease_seconds: int = Field(default=45, ge=10)
+    # Orders waiting for funds resume within this long of the operator's top-up: the
+    # balance is re-measured and the waiting orders retried on this cadence.
+    funds_recheck_seconds: int = Field(default=30, ge=1)
     # An order still "new" (invoice call never came back) after this is closed.
     stale_order_seconds: int = Field(default=600, ge=30)
     quota_check_seconds: int = Field(default=600, ge=1)

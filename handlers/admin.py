@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import html
 
+from aiogram import F
 from aiogram.filters import BaseFilter, Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
+from bot.callbacks import AdminFundsCb
 from bot.filters import IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
@@ -21,6 +23,7 @@ from processing.reports import (
     AdminOps,
     render_balance,
     render_order,
+    render_recheck,
     render_reconciliation,
     render_stats,
 )
@@ -108,6 +111,24 @@ async def order_button(
 async def order_button_not_admin(callback: CallbackQuery) -> None:
     # Anyone else in the group pressed it: stop their spinner, show nothing.
     await callback.answer()
+
+
+@router.callback_query(AdminFundsCb.filter(F.action == "recheck"), *ADMIN)
+async def recheck_funds(callback: CallbackQuery, t: Translator, admin_ops: AdminOps) -> None:
+    # Answered first: the re-check lists every key and may deliver several orders,
+    # longer than Telegram keeps the button's spinner waiting.
+    await callback.answer(t("admin_cmd.recheck_started"))
+    try:
+        text = render_recheck(t, await admin_ops.recheck_funds())
+    except ExternalError as exc:  # OpenRouter down, or the funds lease busy: say so
+        text = t("admin_cmd.openrouter_error", error=html.escape(str(exc)))
+    if isinstance(callback.message, Message):
+        await callback.message.answer(text)
+
+
+@router.callback_query(AdminFundsCb.filter())
+async def recheck_funds_not_admin(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("admin_cmd.recheck_admins_only"), show_alert=True)
 
 
 @router.message(Command("retry"), *ADMIN)

@@ -41,6 +41,7 @@ from services.errors import ExternalError
 from services.money import CENT, format_crypto, format_usd
 from services.notify import Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
+from services.quota import last_known
 
 log = logging.getLogger(__name__)
 
@@ -250,18 +251,7 @@ class BuyerAlerts:
             async with self.sessions() as session, session.begin():
                 await session.execute(
                     update(ApiKey),
-                    [
-                        {
-                            "id": row.id,
-                            "last_limit": info.limit,
-                            "last_usage": info.usage,
-                            "last_usage_daily": info.usage_daily,
-                            "last_usage_weekly": info.usage_weekly,
-                            "last_usage_monthly": info.usage_monthly,
-                            "last_checked_at": now,
-                        }
-                        for row, info in matched
-                    ],
+                    [{"id": row.id, **last_known(info, now)} for row, info in matched],
                 )
         alerts = rearmed = 0
         moves = [

@@ -6,6 +6,16 @@ number, so no retry can double-credit. All orders of one buyer raise one key, so
 buyer's fulfilment is serialised by a lease on the user row (fencing token = lease
 owner). No transaction is open during an OpenRouter call:
 claim (commit) → key/balance/PATCH over HTTP → record (commit).
+
+When the operator's headroom does not cover an order, it waits (``awaiting_funds``)
+and the admin group is told the exact top-up (SPEC §2). Waiting orders form one queue,
+in the order they were paid: an order goes only when the headroom covers its own need
+plus the needs of the orders waiting before it. So the top-up told for an order is
+``its need + the needs queued before it − headroom`` (a negative headroom, a deficit
+the operator already has, is part of it): paying exactly that lets this order and every
+order before it through, and a newer order cannot take the money meant for an older one.
+When that figure changes while the order waits (an order before it went, the deficit
+grew), the new figure is told once.
 """
 
 from __future__ import annotations
@@ -13,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.callbacks import MenuCb
@@ -30,6 +41,7 @@ from services.logcontext import bind
 from services.money import ceil_cents, format_tokens, format_usd
 from services.notify import API_KEY_SLOT, Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
+from services.quota import last_known
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
@@ -46,12 +58,27 @@ KEY_CREATE_STARTED = "key_create_started"
 CLAIMABLE = (OrderStatus.PAID, OrderStatus.AWAITING_FUNDS, OrderStatus.FULFILLING)
 
 
+async def _count(session: AsyncSession, *where: Any) -> int:
+    return int(
+        (await session.execute(select(func.count()).select_from(Order).where(*where))).scalar_one()
+    )
+
+
 def key_name(user_id: int) -> str:
     return f"{KEY_NAME_PREFIX}{user_id}"
 
 
 class LeaseLost(Exception):
     """Another worker owns this buyer now; stop without touching anything else."""
+
+
+@dataclass(frozen=True)
+class FundsRecheck:
+    """What a re-check of the waiting orders found and did."""
+
+    funds: Funds
+    delivered: int  # of the orders that were waiting
+    waiting: int  # still waiting for funds
 
 
 class Fulfilment:
@@ -87,7 +114,10 @@ class Fulfilment:
 
     # ------------------------------------------------------------------ jobs
     async def run_due(self) -> int:
-        """Job: fulfil every buyer with a paid, stalled or waiting-for-funds order."""
+        """Job: fulfil every buyer with a paid or stalled order.
+
+        Orders waiting for funds are left to ``resume_waiting``, which measures the
+        balance once for all of them instead of once per order."""
         now = utcnow()
         async with self.sessions() as session:
             user_ids = (
@@ -103,11 +133,6 @@ class Fulfilment:
                                 ),
                                 (Order.status == OrderStatus.FULFILLING.value)
                                 & (Order.lease_until < now),
-                                (Order.status == OrderStatus.AWAITING_FUNDS.value)
-                                & (
-                                    (Order.next_attempt_at.is_(None))
-                                    | (Order.next_attempt_at <= now)
-                                ),
                             )
                         )
                         .distinct()
@@ -127,8 +152,54 @@ class Fulfilment:
         await asyncio.gather(*(one(user_id) for user_id in user_ids))
         return len(user_ids)
 
-    async def fulfil_user(self, user_id: int) -> None:
-        """Fulfil this buyer's due orders one by one, holding the buyer's lease."""
+    async def recheck_due(self) -> int:
+        """Job (every FUNDS_RECHECK_SECONDS): ``resume_waiting`` when an order waits.
+
+        Measuring lists every key, so nothing is measured while no order waits."""
+        async with self.sessions() as session:
+            if not await _count(session, Order.status == OrderStatus.AWAITING_FUNDS.value):
+                return 0
+        return (await self.resume_waiting()).delivered
+
+    async def resume_waiting(self) -> FundsRecheck:
+        """Re-measure the operator's balance now and retry every order waiting for funds.
+
+        Run every FUNDS_RECHECK_SECONDS (so a top-up is acted on within that time) and by
+        an admin's `🔄 Re-check balance`. One measurement serves the whole queue: buyers
+        go one at a time in queue order, each raise booked into the shared
+        figure, so the head of the queue is served before anyone behind it is judged.
+        """
+        since = utcnow()
+        funds = await self.shared_funds.remeasure()
+        async with self.sessions() as session, session.begin():
+            waiting = (
+                await session.execute(
+                    select(Order.id, Order.user_id)
+                    .where(Order.status == OrderStatus.AWAITING_FUNDS.value)
+                    .order_by(Order.paid_at, Order.id)
+                )
+            ).all()
+            # Due now. Only the retry time moves: the status changes when a worker claims it.
+            await session.execute(
+                update(Order)
+                .where(Order.status == OrderStatus.AWAITING_FUNDS.value)
+                .values(next_attempt_at=since)
+            )
+        for user_id in dict.fromkeys(user_id for _, user_id in waiting):  # queue order
+            await self.fulfil_user(user_id, funds_fresh_after=since)
+        async with self.sessions() as session:
+            delivered = await _count(
+                session,
+                Order.id.in_([order_id for order_id, _ in waiting]),
+                Order.status == OrderStatus.DELIVERED.value,
+            )
+            left = await _count(session, Order.status == OrderStatus.AWAITING_FUNDS.value)
+        return FundsRecheck(funds, delivered, left)
+
+    async def fulfil_user(self, user_id: int, *, funds_fresh_after: datetime | None = None) -> None:
+        """Fulfil this buyer's due orders one by one, holding the buyer's lease.
+
+        ``funds_fresh_after``: see ``FundsHold.headroom``."""
         lock = self._local.setdefault(user_id, asyncio.Lock())
         if lock.locked():
             return  # this process is already on it; it will pick up new orders too
@@ -142,7 +213,7 @@ class Fulfilment:
                     if order_id is None:
                         break
                     with bind(order_id=order_id, user_id=user_id):
-                        done = await self._fulfil_order(user_id, order_id, token)
+                        done = await self._fulfil_order(user_id, order_id, token, funds_fresh_after)
                     if not done:
                         break
             except LeaseLost:
@@ -234,7 +305,9 @@ class Fulfilment:
             ).scalar_one_or_none()
 
     # ------------------------------------------------------------- one order
-    async def _fulfil_order(self, user_id: int, order_id: int, token: str) -> bool:
+    async def _fulfil_order(
+        self, user_id: int, order_id: int, token: str, funds_fresh_after: datetime | None = None
+    ) -> bool:
         """One attempt. True when the order reached a resting state and the next may go."""
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
@@ -258,6 +331,8 @@ class Fulfilment:
             key_row = await repo.get_api_key(session, user_id)
             base = order.base_usd
             attempts = order.attempts + 1
+            told = order.funds_topup_usd
+            paid_at = order.paid_at
         target = delivered_sum + base
         try:
             key_hash, created = await self._ensure_key(user_id, order_id, key_row, token)
@@ -270,9 +345,12 @@ class Fulfilment:
                 # Only the part of the target not yet on the key needs fresh funds: after a
                 # crash between PATCH and commit the key already carries this order.
                 needed = max(Decimal(0), target - (current.limit or Decimal(0)))
-                funds = await funds_hold.headroom(needed)
-                if needed > funds.headroom:
-                    await self._await_funds(order_id, user_id, token, previous, needed, funds)
+                ahead = await self._queued_before(order_id, paid_at) if needed else Decimal(0)
+                funds = await funds_hold.headroom(needed + ahead, fresh_after=funds_fresh_after)
+                if needed + ahead > funds.headroom:
+                    await self._await_funds(
+                        order_id, user_id, token, told, attempts, needed, ahead, funds
+                    )
                     return False
                 # Re-assert both leases just before the write that moves money. A worker
                 # that stalled past its user lease may have been overtaken by one that
@@ -362,6 +440,31 @@ class Fulfilment:
         log.info("key_created user=%s hash=%s", user_id, info.hash[:12])
         return info.hash, True
 
+    async def _queued_before(self, order_id: int, paid_at: datetime | None) -> Decimal:
+        """What the orders waiting for funds ahead of this one need (module docstring).
+
+        Ahead = paid earlier (the order id breaks ties). An order waiting is
+        ``awaiting_funds``, or ``fulfilling`` on a retry after waiting
+        (``funds_needed_usd`` set): the one being retried right now keeps its place."""
+        before = (
+            Order.id < order_id
+            if paid_at is None
+            else or_(Order.paid_at < paid_at, and_(Order.paid_at == paid_at, Order.id < order_id))
+        )
+        async with self.sessions() as session:
+            total = (
+                await session.execute(
+                    select(func.sum(Order.funds_needed_usd)).where(
+                        before,
+                        Order.status.in_(
+                            [OrderStatus.AWAITING_FUNDS.value, OrderStatus.FULFILLING.value]
+                        ),
+                        Order.funds_needed_usd.is_not(None),
+                    )
+                )
+            ).scalar_one_or_none()
+        return Decimal(total or 0)
+
     async def funds(self) -> Funds:
         """Operator balance vs what buyer keys may still spend, measured now (SPEC §2)."""
         return await self.shared_funds.measure()
@@ -395,10 +498,18 @@ class Fulfilment:
             key_row = await repo.get_api_key(session, user_id)
             assert key_row is not None
             show_key = not key_row.key_shown
+            # A new updated_at is a new version of the key row: every replica's /quota cache
+            # misses on it (services/quota.py). The PATCH's answer becomes the last known
+            # figures, shown if OpenRouter is down on the next /quota.
             await session.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_row.id)
-                .values(limit_usd=target, updated_at=utcnow(), key_shown=True)
+                .values(
+                    limit_usd=target,
+                    updated_at=utcnow(),
+                    key_shown=True,
+                    **last_known(info, utcnow()),
+                )
             )
             usage = info.usage
             remaining = (
@@ -441,11 +552,15 @@ class Fulfilment:
         order_id: int,
         user_id: int,
         token: str,
-        previous: OrderStatus,
+        told: Decimal | None,
+        attempts: int,
         needed: Decimal,
+        ahead: Decimal,
         funds: Funds,
     ) -> None:
-        topup = ceil_cents(needed - max(Decimal(0), funds.headroom))
+        # The real shortfall: a negative headroom is money the operator already owes the
+        # keys, so it is topped up too (module docstring for ``ahead``).
+        topup = ceil_cents(needed + ahead - funds.headroom)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
             await self._leave_fulfilling(
@@ -456,22 +571,42 @@ class Fulfilment:
                 kind="awaiting_funds",
                 detail={
                     "needed": str(needed),
+                    "ahead": str(ahead),
                     "available": str(funds.available),
                     "committed": str(funds.committed),
                     "topup": str(topup),
                 },
                 next_attempt_at=utcnow() + self.funds_recheck,
+                funds_needed_usd=needed,
+                funds_topup_usd=topup,
             )
-            if previous is not OrderStatus.AWAITING_FUNDS:
+            figures = {
+                "order_id": order_id,
+                "topup": format_usd(topup),
+                "available": format_usd(funds.available),
+                "committed": format_usd(funds.committed),
+                "needed": format_usd(needed),
+                "ahead": format_usd(ahead),
+            }
+            # The figure told is stored in this transaction, fenced by the lease: told once
+            # per figure. Dedupe per attempt: an order back in the queue after /retry of a
+            # failure (which forgets the figure) is announced again.
+            if told is not None and told != topup:
+                await self.notifier.admin(
+                    session,
+                    "admin.awaiting_funds_changed",
+                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    recheck=True,
+                    previous=format_usd(told),
+                    **figures,
+                )
+            elif told is None:
                 await self.notifier.admin(
                     session,
                     "admin.awaiting_funds",
-                    dedupe=f"awaiting-funds:{order_id}",
-                    order_id=order_id,
-                    topup=format_usd(topup),
-                    available=format_usd(funds.available),
-                    committed=format_usd(funds.committed),
-                    needed=format_usd(needed),
+                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    recheck=True,
+                    **figures,
                 )
                 await self.notifier.user(
                     session,
@@ -497,6 +632,9 @@ class Fulfilment:
                     kind="fulfilment_failed",
                     detail={"error": str(exc), "attempts": attempts},
                     last_error=str(exc)[:2000],
+                    # Out of the funds queue; an admin's /retry starts it afresh.
+                    funds_needed_usd=None,
+                    funds_topup_usd=None,
                 )
                 await self.notifier.admin(
                     session,

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import case, or_, select, update
@@ -42,6 +42,7 @@ LEDGER_ID = 1
 class Funds:
     available: Decimal  # total_credits - total_usage
     committed: Decimal  # Σ limit_remaining of every buyer key
+    measured_at: datetime | None = None  # None: not from the shared ledger (measured ad hoc)
 
     @property
     def headroom(self) -> Decimal:
@@ -83,7 +84,13 @@ class SharedFunds:
                 if remaining is None:
                     remaining = key.limit - key.usage
                 committed += max(Decimal(0), remaining)
-        return Funds(credits.balance, committed)
+        return Funds(credits.balance, committed, utcnow())
+
+    async def remeasure(self) -> Funds:
+        """Measure now and share the figure, whatever its age (an admin's re-check, the
+        waiting orders' periodic re-check): a top-up is seen at once."""
+        async with self.hold() as hold:
+            return await hold.measure()
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[FundsHold]:
@@ -175,7 +182,7 @@ def _fresh(row: FundsLedger, ttl: float) -> Funds | None:
     if row.measured_at is None or row.available is None or row.committed is None:
         return None
     age = (utcnow() - row.measured_at).total_seconds()
-    return Funds(row.available, row.committed) if 0 <= age < ttl else None
+    return Funds(row.available, row.committed, row.measured_at) if 0 <= age < ttl else None
 
 
 class FundsHold:
@@ -188,20 +195,34 @@ class FundsHold:
         self.booked = Decimal(0)
         self.unsure = False
 
-    async def headroom(self, needed: Decimal) -> Funds:
+    async def headroom(self, needed: Decimal, *, fresh_after: datetime | None = None) -> Funds:
         """The shared figure, re-measured when older than the TTL or too short for ``needed``.
 
         A "not enough" answer is always a fresh measurement, so an order never waits
-        for funds on a stale figure.
+        for funds on a stale figure. ``fresh_after``: a figure measured since then counts
+        as fresh even when short (a re-check of many waiting orders measures once; the
+        raises made since are booked into the figure).
         """
-        if self._known is not None and needed <= self._known.headroom:
-            return self._known
+        known = self._known
+        if known is not None and (
+            needed <= known.headroom
+            or (
+                fresh_after is not None
+                and known.measured_at is not None
+                and known.measured_at >= fresh_after
+            )
+        ):
+            return known
+        return await self.measure()
+
+    async def measure(self) -> Funds:
+        """Measure now and store the figure for every replica (fenced by the lease)."""
         measured = await self._funds.measure()
         async with self._funds.sessions() as session, session.begin():
             await self._funds.fenced(
                 session,
                 self.token,
-                measured_at=utcnow(),
+                measured_at=measured.measured_at,
                 available=measured.available,
                 committed=measured.committed,
             )

@@ -33,6 +33,7 @@ class JobIntervals:
     expiry: float = 30.0
     fulfilment: float = 10.0
     prices: float = 600.0
+    funds_recheck: float = 30.0
 
 
 def _guarded(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
@@ -80,6 +81,8 @@ def build_scheduler(
         ("expire_orders", processor.expire_overdue, intervals.expiry),
         ("fulfil_due", fulfilment.run_due, intervals.fulfilment),
         ("refresh_prices", refresh_prices, intervals.prices),
+        # Orders waiting for funds resume within this long of the operator's top-up.
+        ("funds_recheck", fulfilment.recheck_due, intervals.funds_recheck),
     ]
     for name, job, seconds in jobs:
         # Prices are fetched at start too, so a missing model is reported at once.

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage
 from locales import Translator, translator
-from processing.fulfilment import KEY_NAME_PREFIX, Fulfilment
+from processing.fulfilment import KEY_NAME_PREFIX, Fulfilment, FundsRecheck
 from services.admin import (
     ActionOutcome,
     ActionResult,
@@ -125,6 +125,10 @@ class AdminOps:
             if key.name.startswith(KEY_NAME_PREFIX) and not key.disabled:
                 keys += 1
         return Balance(funds.available, funds.committed, keys)
+
+    async def recheck_funds(self) -> FundsRecheck:
+        """`🔄 Re-check balance`: measure now and resume the orders waiting for funds."""
+        return await self.fulfilment.resume_waiting()
 
     async def retry(self, order_id: int, admin_id: int) -> tuple[ActionResult, str | None]:
         """Back to `paid`, then fulfil now; returns the result and the status after."""
@@ -420,6 +424,18 @@ def render_balance(t: Translator, balance: Balance) -> str:
         committed=format_usd(balance.committed),
         headroom=format_usd(balance.headroom),
         keys=balance.keys,
+    )
+
+
+def render_recheck(t: Translator, result: FundsRecheck) -> str:
+    funds = result.funds
+    return t(
+        "admin_cmd.recheck_done",
+        available=format_usd(funds.available),
+        committed=format_usd(funds.committed),
+        headroom=format_usd(funds.headroom),
+        delivered=result.delivered,
+        waiting=result.waiting,
     )
 
 

@@ -151,9 +151,10 @@ class OpenRouterPane:
 
     async def set_credits(self, total_credits: Decimal) -> None:
         """A smaller balance than an order's cost shows ``awaiting_funds``; raising it
-        again lets the fulfilment retry job deliver."""
+        again re-checks at once (as the admins' `🔄 Re-check balance` does) and delivers."""
         await self.orc.set_credits(total_credits=total_credits)
         await self.app.fulfilment.run_due()
+        await self.app.fulfilment.recheck_due()
         self.app.outbox.wake()
 
     async def spend(self, key_hash: str, amount: Decimal) -> None:

@@ -24,11 +24,14 @@ class Notifier:
         admin_language: str = "en",
         *,
         order_button: Callable[[int], str] | None = None,
+        recheck_button: str | None = None,
     ) -> None:
         self.admin_chat_id = admin_chat_id
         self.admin_language = admin_language
         # Callback data of the admins' "🔎 Order #N" button (packed by the bot layer).
         self.order_button = order_button
+        # Callback data of the admins' "🔄 Re-check balance" button under funds alerts.
+        self.recheck_button = recheck_button
 
     async def user(
         self,
@@ -61,18 +64,28 @@ class Notifier:
         )
 
     async def admin(
-        self, session: AsyncSession, key: str, *, dedupe: str | None, **params: Any
+        self,
+        session: AsyncSession,
+        key: str,
+        *,
+        dedupe: str | None,
+        recheck: bool = False,
+        **params: Any,
     ) -> None:
         """Queue an alert for the admin group; one about an order gets a one-tap button
-        that opens the order's status and timeline."""
+        that opens the order's status and timeline, one about missing funds (``recheck``)
+        a button that re-measures the balance and resumes waiting orders."""
         if self.admin_chat_id is None:
             return
         t = translator(self.admin_language)
-        payload = None
+        row: list[dict[str, str]] = []
         order_id = params.get("order_id")
         if self.order_button is not None and isinstance(order_id, int):
             label = t("admin.open_order", order_id=order_id)
-            payload = {"buttons": [[{"text": label, "callback_data": self.order_button(order_id)}]]}
+            row.append({"text": label, "callback_data": self.order_button(order_id)})
+        if recheck and self.recheck_button is not None:
+            row.append({"text": t("admin.recheck_funds"), "callback_data": self.recheck_button})
+        payload = {"buttons": [row]} if row else None
         await repo.add_outbox(
             session,
             chat_id=self.admin_chat_id,

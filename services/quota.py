@@ -2,6 +2,11 @@
 
 A short cache (≤ 60 s) keeps repeated taps from hammering the API. When OpenRouter
 does not answer, the last figures it gave are shown with their age.
+
+The cache is per process, but each entry is tied to the version of the buyer's key row
+(``api_keys.updated_at``) it was fetched under, and that row is read on every request.
+A delivery bumps the version in the transaction that queues "delivered", so `/quota`
+right after it misses the cache in every replica, whichever one delivered.
 """
 
 from __future__ import annotations
@@ -81,8 +86,9 @@ class QuotaService:
         self.catalog = catalog
         self.default_model = default_model
         self.cache_seconds = min(cache_seconds, 60.0)
-        self._cache: dict[str, tuple[float, _Figures]] = {}
-        self._inflight: dict[str, asyncio.Future[tuple[_Figures, bool]]] = {}
+        # key hash → (monotonic time, key row version, figures): see the module docstring.
+        self._cache: dict[str, tuple[float, datetime, _Figures]] = {}
+        self._inflight: dict[tuple[str, datetime], asyncio.Future[tuple[_Figures, bool]]] = {}
 
     async def quota(self, user_id: int, model_id: str | None) -> QuotaView | None:
         """None when the buyer has no key yet."""
@@ -115,19 +121,25 @@ class QuotaService:
         )
 
     async def _figures(self, key: ApiKey) -> tuple[_Figures, bool]:
+        slot = (key.openrouter_hash, key.updated_at)
         cached = self._cache.get(key.openrouter_hash)
-        if cached and time.monotonic() - cached[0] < self.cache_seconds:
-            return cached[1], False
+        if (
+            cached
+            and cached[1] == key.updated_at
+            and time.monotonic() - cached[0] < self.cache_seconds
+        ):
+            return cached[2], False
         # Taps arrive as concurrent updates: without single-flight, three quick taps
-        # on a cold cache would each miss it and make three calls.
-        pending = self._inflight.get(key.openrouter_hash)
+        # on a cold cache would each miss it and make three calls. A fetch begun under
+        # an older version is not joined: it may predate the new limit.
+        pending = self._inflight.get(slot)
         if pending is None:
-            pending = asyncio.ensure_future(self._fetch(key))
-            self._inflight[key.openrouter_hash] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(key.openrouter_hash, None))
+            pending = asyncio.ensure_future(self._fetch(key, slot))
+            self._inflight[slot] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(slot, None))
         return await asyncio.shield(pending)
 
-    async def _fetch(self, key: ApiKey) -> tuple[_Figures, bool]:
+    async def _fetch(self, key: ApiKey, slot: tuple[str, datetime]) -> tuple[_Figures, bool]:
         try:
             info = await self.openrouter.get_key(key.openrouter_hash)
         except OpenRouterError:
@@ -142,7 +154,7 @@ class QuotaService:
                 key.last_checked_at,
             ), True
         figures = _from_info(info)
-        self._cache[key.openrouter_hash] = (time.monotonic(), figures)
+        self._cache[key.openrouter_hash] = (time.monotonic(), slot[1], figures)
         await self.remember(key.id, figures)
         return figures, False
 
@@ -160,6 +172,19 @@ class QuotaService:
                     last_checked_at=figures.as_of,
                 )
             )
+
+
+def last_known(info: KeyInfo, at: datetime) -> dict[str, object]:
+    """``api_keys`` columns holding what OpenRouter last said about a key: shown, with
+    their age, when it does not answer."""
+    return {
+        "last_limit": info.limit,
+        "last_usage": info.usage,
+        "last_usage_daily": info.usage_daily,
+        "last_usage_weekly": info.usage_weekly,
+        "last_usage_monthly": info.usage_monthly,
+        "last_checked_at": at,
+    }
 
 
 def _from_info(info: KeyInfo) -> _Figures:

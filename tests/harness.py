@@ -195,7 +195,9 @@ async def running_env(
         app = BotApp(
             sandbox.settings(url, **settings),
             intervals=intervals
-            or JobIntervals(payment_poll=IDLE, expiry=IDLE, fulfilment=IDLE, prices=IDLE),
+            or JobIntervals(
+                payment_poll=IDLE, expiry=IDLE, fulfilment=IDLE, prices=IDLE, funds_recheck=IDLE
+            ),
             outbox_idle=0.1,
         )
         for name, value in (fulfilment or {}).items():

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from db.models import ApiKey
 from services.clock import utcnow
+from services.quota import QuotaService
 from tests.harness import running_env
 
 BUYER = 919191
@@ -114,3 +115,46 @@ async def test_openrouter_down_and_nothing_known_says_so(tmp_path: Path) -> None
         await env.tg.wait_for_text(
             BUYER, "OpenRouter is not answering right now, so your quota", timeout=15
         )
+
+
+async def test_quota_right_after_a_delivery_shows_the_new_limit(tmp_path: Path) -> None:
+    """Issue 9 §5: a delivery invalidates the buyer's cached figures, in this process
+    and in another replica's (the cache is per process; its entries are tied to the
+    key row that a delivery updates)."""
+    async with running_env(tmp_path, quota_cache_seconds=60) as env:
+        await _delivered_buyer(env)
+        other = QuotaService(
+            env.app.sessions, env.app.openrouter, env.app.catalog, "anthropic/claude-3-sonnet"
+        )
+        assert (await other.quota(BUYER, None)).limit == Decimal("1.65")  # type: ignore[union-attr]
+        await env.tg.send_text(BUYER, "/quota")
+        await env.tg.wait_for_text(BUYER, "Limit: $1.65")
+
+        order_id = await env.buy(BUYER, new_chat=False)
+        await env.pay(order_id)
+        await env.delivered_message(BUYER, order_id)
+        await env.tg.send_text(BUYER, "/quota")
+        screen = await env.tg.wait_for_text(BUYER, "Limit: $3.30")
+        assert "Remaining: $3.30" in screen["plain"]
+        assert (await other.quota(BUYER, None)).limit == Decimal("3.30")  # type: ignore[union-attr]
+
+
+async def test_quota_after_a_delivery_with_openrouter_down_shows_the_new_limit(
+    tmp_path: Path,
+) -> None:
+    """The last known figures fall back to what the delivery's PATCH answered."""
+    async with running_env(tmp_path, quota_cache_seconds=60) as env:
+        await _delivered_buyer(env)
+        await env.tg.send_text(BUYER, "/quota")
+        await env.tg.wait_for_text(BUYER, "Limit: $1.65")
+        order_id = await env.buy(BUYER, new_chat=False)
+        await env.pay(order_id)
+        await env.delivered_message(BUYER, order_id)
+        await env.orc.add_fault(path="/api/v1/keys", method="GET", status=503, count=None)
+        await env.tg.send_text(BUYER, "/quota")
+        stale = await env.tg.wait_for(
+            BUYER,
+            lambda m: m["from_bot"] and "last known figures" in (m["plain"] or ""),
+            timeout=15,
+        )
+        assert "Limit: $3.30" in stale["plain"], stale["plain"]
