@@ -121,3 +121,8 @@ class KryptoExpressControl(_ControlClient):
 
     async def set_prices(self, prices: dict[str, Decimal]) -> Any:
         return await self._call("POST", "/control/prices", prices)
+
+    async def set_options(self, **options: bool) -> Any:
+        """Wire variants: ``report_received`` (an undocumented ``receivedAmount``),
+        ``include_paid_at``."""
+        return await self._call("POST", "/control/options", options)
