@@ -83,8 +83,8 @@ async def partial(
     source: str,
 ) -> None:
     """A transfer that does not complete the invoice."""
-    assert order.crypto_amount is not None
-    view = PartialView(order.crypto_amount, status.received_amount, order.asset, order.expires_at)
+    # The report's amount: the confirm path checked it equals what the order stored.
+    view = PartialView(status.crypto_amount, status.received_amount, order.asset, order.expires_at)
     is_open = OrderStatus(order.status) in OPEN
     repo.add_event(
         session,
