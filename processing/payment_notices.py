@@ -79,19 +79,21 @@ async def partial(
     notifier: Notifier,
     order: Order,
     status: PaymentStatus,
+    current: OrderStatus,
     *,
     source: str,
 ) -> None:
-    """A transfer that does not complete the invoice."""
+    """A transfer that does not complete the invoice; ``current``: the order's status as
+    of the write that recorded it."""
     # The report's amount: the confirm path checked it equals what the order stored.
     view = PartialView(status.crypto_amount, status.received_amount, order.asset, order.expires_at)
-    is_open = OrderStatus(order.status) in OPEN
+    is_open = current in OPEN
     repo.add_event(
         session,
         order.id,
         "payment_partial",
         actor=source,
-        status=order.status,
+        status=current.value,
         detail=jsonable(
             {
                 "received": view.received,
@@ -123,7 +125,7 @@ async def partial(
         dedupe=f"late-partial:{order.id}:{state}",
         order_id=order.id,
         user_id=order.user_id,
-        status=order.status,
+        status=current.value,
         crypto=got,
         amount=f"{params['amount']} {order.asset}",
         provider=order.provider,

@@ -182,17 +182,19 @@ class AITokenPaymentProcessor:
                     return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
                 if received is not None:
                     transfer = grew and received > 0
-                    if transfer:
-                        await _cas(session, Order, order.id, None, partial_seen=True)
+                    condition = None
                 else:
                     # The documented object has no sum: the provider calls back on a
                     # transfer, so an unpaid *callback* means part of the amount arrived
                     # (SPEC §3: partial transfers are summed). A poll proves nothing.
-                    transfer = source.startswith("callback") and await _cas(
-                        session, Order, order.id, Order.partial_seen == false(), partial_seen=True
-                    )
-                if transfer:
-                    await notices.partial(session, self.notifier, order, status, source=source)
+                    transfer = source.startswith("callback")
+                    condition = Order.partial_seen == false()
+                # The status as of this write, not as read above: an expiry committed
+                # in between makes this a partial payment on a closed order.
+                marked = await _mark_partial(session, order.id, condition) if transfer else None
+                if marked is not None:
+                    now = OrderStatus(marked)
+                    await notices.partial(session, self.notifier, order, status, now, source=source)
                 return ApplyResult(Outcome.PENDING, order.id, order.user_id)
 
             over = grew and received is not None and received > status.crypto_amount
@@ -378,7 +380,11 @@ class AITokenPaymentProcessor:
                 if previous is None:
                     continue
                 expired += 1
-                if order.partial_seen:
+                # Read after the write: a partial transfer committed meanwhile counts.
+                partial_seen = (
+                    await session.execute(select(Order.partial_seen).where(Order.id == order_id))
+                ).scalar_one()
+                if partial_seen:
                     await self.notifier.user(
                         session,
                         order.user_id,
@@ -453,3 +459,16 @@ async def _cas(
         query.values(**values).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def _mark_partial(session: AsyncSession, order_id: int, condition: Any) -> str | None:
+    """Set ``partial_seen`` (if ``condition`` holds); the order's status then, or None."""
+    query = update(Order).where(Order.id == order_id)
+    if condition is not None:
+        query = query.where(condition)
+    result = await session.execute(
+        query.values(partial_seen=True)
+        .returning(Order.status)
+        .execution_options(synchronize_session=False)
+    )
+    return result.scalar_one_or_none()
