@@ -214,3 +214,24 @@ async def test_check_payment_asks_the_provider_at_most_once_per_interval(
         await env.tg.callback_answer(pressed["callback_query_id"])
         assert await _polls(env) - before == 2
         assert env.app.settings.check_payment_throttle_seconds == 10  # the default
+
+
+async def test_partial_after_cancel_in_btc_keeps_the_providers_precision(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.kx.set_options(report_received=True)
+        order_id = await env.buy(BUYER, asset="BTC")
+        order = await env.order(order_id)
+        assert order.crypto_amount == Decimal("0.00003047")  # $1.98 at $65,000, rounded up
+        await env.tg.press(BUYER, "❌ Cancel order")
+        await env.wait_status(order_id, "cancelled")
+        await env.pay(order_id, amount=Decimal("0.00001"), deliveries=2, concurrent=True)
+        alert = await env.tg.wait_for_text(env.admin_chat, "part of a payment arrived afterwards")
+        assert "0.00001000 BTC of 0.00003047 BTC" in alert["plain"]
+        assert "is cancelled" in alert["plain"]
+        told = await env.tg.wait_for_text(BUYER, "the operator will contact you")
+        assert "0.00001000 BTC" in told["plain"]
+        await _settle(env)
+        assert len(_texts(await env.tg.messages(env.admin_chat), "arrived afterwards")) == 1
+        view = await ask(env, f"/order {order_id}", f"Order #{order_id}")
+        assert "Received 0.00001000 of 0.00003047 BTC (missing 0.00002047)" in view["plain"]
+        assert "Needs the operator" in view["plain"]
