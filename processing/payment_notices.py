@@ -156,6 +156,7 @@ async def paid_after_close(
     notifier: Notifier,
     order: Order,
     status: PaymentStatus,
+    current: OrderStatus,
     *,
     source: str,
 ) -> None:
@@ -169,7 +170,7 @@ async def paid_after_close(
         order.id,
         "payment_unexpected",
         actor=source,
-        status=order.status,
+        status=current.value,
         detail=jsonable(
             {
                 "situation": "paid_after_close",
@@ -185,7 +186,7 @@ async def paid_after_close(
         dedupe=f"paid-after-close:{order.id}",
         order_id=order.id,
         user_id=order.user_id,
-        status=order.status,
+        status=current.value,
         crypto=crypto,
         provider=status.provider,
         payment_id=status.payment_id,

@@ -204,7 +204,7 @@ class AITokenPaymentProcessor:
             if current not in PAYABLE:
                 if first_paid:
                     await notices.paid_after_close(
-                        session, self.notifier, order, status, source=source
+                        session, self.notifier, order, status, current, source=source
                     )
                     return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
                 return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
@@ -225,6 +225,18 @@ class AITokenPaymentProcessor:
                 next_attempt_at=None,
             )
             if previous is None:
+                # Lost the race. To another confirmation: nothing to say. To a close
+                # (the admin's /refund as the money arrived): the first "paid" is news.
+                now = OrderStatus(
+                    (
+                        await session.execute(select(Order.status).where(Order.id == order.id))
+                    ).scalar_one()
+                )
+                if first_paid and now not in SETTLED:
+                    await notices.paid_after_close(
+                        session, self.notifier, order, status, now, source=source
+                    )
+                    return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
                 return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
             late = previous in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
             await self.notifier.user(
@@ -463,7 +475,11 @@ async def _cas(
 
 async def _mark_partial(session: AsyncSession, order_id: int, condition: Any) -> str | None:
     """Set ``partial_seen`` (if ``condition`` holds); the order's status then, or None."""
-    query = update(Order).where(Order.id == order_id)
+    # Never on an order whose payment counted meanwhile (a concurrent "paid" won): then
+    # this report is the stale one.
+    query = update(Order).where(
+        Order.id == order_id, Order.status.not_in([s.value for s in SETTLED])
+    )
     if condition is not None:
         query = query.where(condition)
     result = await session.execute(
