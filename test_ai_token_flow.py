@@ -8,10 +8,12 @@ emulated providers received.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from processing.jobs import JobIntervals
+from services.clock import utcnow
 from tests.harness import IDLE, running_env
 
 BUYER = 424242
@@ -212,6 +214,8 @@ async def test_check_payment_button_confirms(tmp_path: Path) -> None:
         answer = await env.tg.callback_answer(pressed["callback_query_id"])
         assert "No payment yet" in answer["text"]
         await env.pay(order_id, callback=False)
+        # The provider is asked at most once per CHECK_PAYMENT_THROTTLE_SECONDS: let it pass.
+        await env.update_order(order_id, checked_at=utcnow() - timedelta(seconds=11))
         pressed = await env.tg.press(BUYER, "🔄 Check payment")
         answer = await env.tg.callback_answer(pressed["callback_query_id"])
         assert "Payment received" in answer["text"] or "delivered" in answer["text"]

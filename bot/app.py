@@ -122,6 +122,7 @@ class BotApp:
             self.notifier,
             on_paid=self._paid,
             stale_new=timedelta(seconds=s.stale_order_seconds),
+            check_every=timedelta(seconds=s.check_payment_throttle_seconds),
         )
         self.quota = QuotaService(
             self.sessions,

@@ -6,7 +6,8 @@ import html
 from datetime import datetime, timedelta
 
 from locales import Translator
-from services.clock import utcnow
+from processing.payments import PaymentCheck
+from services.clock import format_utc, utcnow
 from services.money import format_crypto, format_tokens, format_usd
 from services.orders import OrderView, QuoteView
 from services.pricing import Bounds, ModelPrice
@@ -14,7 +15,7 @@ from services.quota import QuotaView, progress_bar
 
 
 def when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+    return format_utc(moment)
 
 
 def packages(t: Translator, model: ModelPrice, bounds: Bounds | None) -> str:
@@ -71,6 +72,16 @@ def payment(t: Translator, order: OrderView) -> str:
         total=format_usd(order.total_usd),
         expires=when(order.expires_at),
     )
+
+
+def payment_check(t: Translator, check: PaymentCheck) -> str:
+    """🔄 Check payment's answer (an alert: at most 200 characters)."""
+    if check.partial is None:
+        return t(f"pay.status.{check.status.value}")
+    params = check.partial.params()
+    if "received" in params:
+        return t("pay.status.partial", **params)
+    return t("pay.status.partial_unreported", **params)
 
 
 def qr_payload(order: OrderView) -> str:

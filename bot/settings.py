@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     default_model: str = "anthropic/claude-3-sonnet"
 
     payment_poll_seconds: int = Field(default=30, ge=1)
+    # 🔄 Check payment asks the provider at most once per order per this many seconds,
+    # however often (or concurrently) it is tapped; other taps answer from the database.
+    check_payment_throttle_seconds: int = Field(default=10, ge=0)
     timezone: str = "UTC"
     encryption_key: SecretStr | None = None
 

@@ -125,6 +125,11 @@ class Order(Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     partial_seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Money the order could not take (paid after it closed, overpaid): why the operator
+    # must act. Set once with the alert; the order's status is left as it was.
+    attention: Mapped[str | None] = mapped_column(String(32))
+    # Last time 🔄 Check payment asked the provider (a compare-and-set throttle).
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Fulfilment work claiming.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -161,6 +166,8 @@ class Payment(Base):
     crypto_amount: Mapped[Decimal] = mapped_column(Money(28, 12))
     address: Mapped[str] = mapped_column(String(256))
     is_paid: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The highest sum received the provider reported (None: it reports none).
+    received_amount: Mapped[Decimal | None] = mapped_column(Money(28, 12))
     updates: Mapped[int] = mapped_column(Integer, default=0)
     last_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -237,8 +237,8 @@ async def check_payment(
     user: UserView,
     processor: AITokenPaymentProcessor,
 ) -> None:
-    status = await processor.check_order(user.id, callback_data.order_id)
-    await callback.answer(t(f"pay.status.{status.value}"), show_alert=True)
+    check = await processor.check_order(user.id, callback_data.order_id)
+    await callback.answer(screens.payment_check(t, check), show_alert=True)
 
 
 @router.callback_query(OrderCb.filter(F.action == "cancel"))

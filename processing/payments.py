@@ -14,12 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Order, OrderStatus, Payment
+from processing import payment_notices as notices
 from services.clock import utcnow
 from services.errors import ExternalError, OrderNotFound
 from services.jsonutil import jsonable
@@ -37,6 +39,14 @@ PAYABLE = (
     OrderStatus.EXPIRED,
     OrderStatus.CANCELLED,
 )
+# The payment already counted: a later "not paid" report is stale noise.
+SETTLED = (
+    OrderStatus.PAID,
+    OrderStatus.FULFILLING,
+    OrderStatus.AWAITING_FUNDS,
+    OrderStatus.DELIVERED,
+    OrderStatus.FAILED,
+)
 LATE_POLL_WINDOW = timedelta(hours=24)
 STALE_NEW_ORDER = timedelta(minutes=10)
 
@@ -47,6 +57,7 @@ class Outcome(StrEnum):
     PAID = "paid"  # this call moved the order to paid
     ALREADY = "already"  # paid earlier (duplicate, replay, race loser)
     PENDING = "pending"  # not (fully) paid yet
+    NOTICED = "noticed"  # paid, but the order could not take it: the operator was told
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,14 @@ class ApplyResult:
     outcome: Outcome
     order_id: int | None = None
     user_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PaymentCheck:
+    """What 🔄 Check payment shows: the status, and the partial payment if one arrived."""
+
+    status: OrderStatus
+    partial: notices.PartialView | None = None
 
 
 class AITokenPaymentProcessor:
@@ -66,12 +85,14 @@ class AITokenPaymentProcessor:
         on_paid: Callable[[int], Awaitable[None]] | None = None,
         poll_concurrency: int = 5,
         stale_new: timedelta = STALE_NEW_ORDER,
+        check_every: timedelta = timedelta(seconds=10),
     ) -> None:
         self.sessions = sessions
         self.providers = providers
         self.notifier = notifier
         self.on_paid = on_paid
         self.stale_new = stale_new
+        self.check_every = check_every
         self._poll_limit = asyncio.Semaphore(poll_concurrency)
 
     # --------------------------------------------------------------- confirm
@@ -125,6 +146,7 @@ class AITokenPaymentProcessor:
                 )
                 return ApplyResult(Outcome.MISMATCH, order.id, order.user_id)
 
+            was_paid = payment.is_paid
             await session.execute(
                 update(Payment)
                 .where(Payment.id == payment.id)
@@ -132,26 +154,63 @@ class AITokenPaymentProcessor:
                     updates=Payment.updates + 1,
                     last_payload=jsonable(status.raw),
                     updated_at=utcnow(),
-                    # Once paid, a later (stale or replayed) report never un-pays it.
-                    is_paid=Payment.is_paid | status.is_paid,
                 )
             )
+            # Each compare-and-set below says whether this report is news; of any number
+            # of deliveries of the same provider state, exactly one wins each.
+            first_paid = status.is_paid and await _cas(
+                session, Payment, payment.id, Payment.is_paid == false(), is_paid=True
+            )
+            received = status.received_amount
+            # Set on the value read, not compared in SQL: SQLite keeps money as text.
+            before = payment.received_amount
+            grew = (
+                received is not None
+                and (before is None or received > before)
+                and await _cas(
+                    session,
+                    Payment,
+                    payment.id,
+                    Payment.received_amount.is_(None)
+                    if before is None
+                    else Payment.received_amount == before,
+                    received_amount=received,
+                )
+            )
+            current = OrderStatus(order.status)
             if not status.is_paid:
-                if source.startswith("callback") and not order.partial_seen:
-                    # The provider calls back on a transfer; an unpaid callback means
-                    # part of the amount arrived (SPEC §3: partial transfers are summed).
-                    await session.execute(
-                        update(Order).where(Order.id == order.id).values(partial_seen=True)
-                    )
-                    repo.add_event(
-                        session,
-                        order.id,
-                        "payment_partial",
-                        actor=source,
-                        status=order.status,
-                        detail={"payload": jsonable(status.raw)},
-                    )
+                if was_paid or current in SETTLED:
+                    # A stale "not paid" (replayed, reordered) after the payment counted:
+                    # nothing arrived, nothing to say (issue 9 §6).
+                    return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
+                if received is not None:
+                    transfer = grew and received > 0
+                    condition = None
+                else:
+                    # The documented object has no sum: the provider calls back on a
+                    # transfer, so an unpaid *callback* means part of the amount arrived
+                    # (SPEC §3: partial transfers are summed). A poll proves nothing.
+                    transfer = source.startswith("callback")
+                    condition = Order.partial_seen == false()
+                # The status as of this write, not as read above: an expiry committed
+                # in between makes this a partial payment on a closed order.
+                marked = await _mark_partial(session, order.id, condition) if transfer else None
+                if marked is not None:
+                    now = OrderStatus(marked)
+                    await notices.partial(session, self.notifier, order, status, now, source=source)
                 return ApplyResult(Outcome.PENDING, order.id, order.user_id)
+
+            over = grew and received is not None and received > status.crypto_amount
+            # A closed order paid for the first time is told once below, with the total.
+            if over and not (first_paid and current not in PAYABLE):
+                await notices.overpaid(session, self.notifier, order, status, source=source)
+            if current not in PAYABLE:
+                if first_paid:
+                    await notices.paid_after_close(
+                        session, self.notifier, order, status, current, source=source
+                    )
+                    return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
+                return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
 
             previous = await repo.transition(
                 session,
@@ -169,6 +228,18 @@ class AITokenPaymentProcessor:
                 next_attempt_at=None,
             )
             if previous is None:
+                # Lost the race. To another confirmation: nothing to say. To a close
+                # (the admin's /refund as the money arrived): the first "paid" is news.
+                now = OrderStatus(
+                    (
+                        await session.execute(select(Order.status).where(Order.id == order.id))
+                    ).scalar_one()
+                )
+                if first_paid and now not in SETTLED:
+                    await notices.paid_after_close(
+                        session, self.notifier, order, status, now, source=source
+                    )
+                    return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
                 return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
             late = previous in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
             await self.notifier.user(
@@ -201,20 +272,41 @@ class AITokenPaymentProcessor:
             return ApplyResult(Outcome.PAID, order.id, order.user_id)
 
     # ------------------------------------------------------------------ poll
-    async def check_order(self, user_id: int, order_id: int) -> OrderStatus:
-        """The buyer's "Check payment": ask the provider now, then report the status."""
-        async with self.sessions() as session:
+    async def check_order(self, user_id: int, order_id: int) -> PaymentCheck:
+        """The buyer's "Check payment": ask the provider (at most once per order per
+        ``check_every``, however many taps arrive at once), then report what we know."""
+        async with self.sessions() as session, session.begin():
             order = await session.get(Order, order_id)
             if order is None or order.user_id != user_id:
                 raise OrderNotFound()
             ref = (order.provider, order.provider_payment_id, order.provider_hash)
-        if all(ref) and OrderStatus(order.status) in PAYABLE:
+            now = utcnow()
+            # A compare-and-set on the row, not a lock in memory: concurrent taps and
+            # other replicas see the same claim; the losers answer from the database.
+            ask = (
+                all(ref)
+                and OrderStatus(order.status) in PAYABLE
+                and await _cas(
+                    session,
+                    Order,
+                    order_id,
+                    Order.checked_at.is_(None) | (Order.checked_at <= now - self.check_every),
+                    checked_at=now,
+                )
+            )
+        if ask:  # committed above: no transaction is held across the call
             await self._poll_one(ref[0], ref[1], ref[2], source=f"check:user:{user_id}")
         async with self.sessions() as session:
-            status = (
-                await session.execute(select(Order.status).where(Order.id == order_id))
-            ).scalar_one()
-        return OrderStatus(status)
+            order = await session.get(Order, order_id)
+            assert order is not None
+            received = (
+                await session.execute(
+                    select(Payment.received_amount).where(Payment.order_id == order_id)
+                )
+            ).scalar()
+            status = OrderStatus(order.status)
+            partial = notices.partial_view(order, received) if status in notices.OPEN else None
+            return PaymentCheck(status, partial)
 
     async def poll_open(self) -> int:
         """Job: ask the provider about every open invoice (and recently closed ones)."""
@@ -303,7 +395,11 @@ class AITokenPaymentProcessor:
                 if previous is None:
                     continue
                 expired += 1
-                if order.partial_seen:
+                # Read after the write: a partial transfer committed meanwhile counts.
+                partial_seen = (
+                    await session.execute(select(Order.partial_seen).where(Order.id == order_id))
+                ).scalar_one()
+                if partial_seen:
                     await self.notifier.user(
                         session,
                         order.user_id,
@@ -361,3 +457,37 @@ def _mismatch(status: PaymentStatus, payment: Payment, order: Order) -> str | No
     if status.crypto_amount != payment.crypto_amount:
         return "crypto_amount"
     return None
+
+
+async def _cas(
+    session: AsyncSession,
+    table: type[Order] | type[Payment],
+    row_id: int,
+    condition: Any,
+    **values: Any,
+) -> bool:
+    """Set ``values`` on one row if ``condition`` holds; True when this call changed it."""
+    query = update(table).where(table.id == row_id)
+    if condition is not None:
+        query = query.where(condition)
+    result = await session.execute(
+        query.values(**values).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def _mark_partial(session: AsyncSession, order_id: int, condition: Any) -> str | None:
+    """Set ``partial_seen`` (if ``condition`` holds); the order's status then, or None."""
+    # Never on an order whose payment counted meanwhile (a concurrent "paid" won): then
+    # this report is the stale one.
+    query = update(Order).where(
+        Order.id == order_id, Order.status.not_in([s.value for s in SETTLED])
+    )
+    if condition is not None:
+        query = query.where(condition)
+    result = await session.execute(
+        query.values(partial_seen=True)
+        .returning(Order.status)
+        .execution_options(synchronize_session=False)
+    )
+    return result.scalar_one_or_none()

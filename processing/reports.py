@@ -27,6 +27,8 @@ from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage
 from locales import Translator, translator
 from processing.fulfilment import KEY_NAME_PREFIX, Fulfilment, FundsRecheck
+from processing.payment_notices import partial_view
+from processing.payments import SETTLED
 from services.admin import (
     ActionOutcome,
     ActionResult,
@@ -497,6 +499,16 @@ def render_order(t: Translator, view: OrderView, timezone: str) -> str:
         lines.append(t("admin_cmd.order_error", error=html.escape(order.last_error[:300])))
     if order.refund_note:
         lines.append(t("admin_cmd.order_refund_note", note=html.escape(order.refund_note)))
+    # Once the payment counted, "part arrived" is history (the timeline keeps it).
+    settled = OrderStatus(order.status) in SETTLED
+    partial = None if settled else partial_view(order, view.received)
+    if partial is not None and partial.received is not None:
+        lines.append(t("admin_cmd.order_received", **partial.params()))
+    elif partial is not None:
+        lines.append(t("admin_cmd.order_partial_unreported"))
+    if order.attention:
+        reason = t(f"admin_cmd.attention_{order.attention}")
+        lines.append(t("admin_cmd.order_attention", reason=reason))
     lines.append(t("admin_cmd.timeline"))
     for event in view.events:
         moved = (

@@ -12,7 +12,13 @@ Provider behaviour reproduced on purpose:
 - Partial transfers are summed internally (the documented object has no received-amount
   field); ``isPaid`` flips only when the sum reaches ``cryptoAmount`` — even after
   ``expireDatetime``: the provider still sees the coins. An unpaid payment past its
-  expiry simply stays unpaid (no status field changes).
+  expiry simply stays unpaid (no status field changes). A transfer to a payment that is
+  already paid (overpayment, a second payment) is summed too and called back with the
+  same object: on the documented wire it is indistinguishable from a redelivery.
+- ``report_received`` (off by default, ``POST /control/options``) adds a
+  ``receivedAmount`` field (the sum so far). No KryptoExpress source documents such a
+  field; it is the variant under which the bot can show exact partial figures and see
+  an overpayment, so both the documented and the richer wire are tested.
 - Each transfer POSTs the payment object (paid or not) to ``callbackUrl``. With a
   ``callbackSecret`` the header ``X-Signature`` = hex HMAC-SHA512(secret, body). Numbers
   are written plainly (``0.000012``), as the provider does, while its docs describe
@@ -30,6 +36,7 @@ payment's numeric id *or* its 64-hex hash:
 - ``POST /control/payments/{ref}/callback`` ``{…delivery options, body_override?}``
 - ``GET /control/payments`` (a list), ``GET /control/payments/{ref}``
 - ``POST /control/prices`` ``{"BTC": 70000, …}`` — change exchange rates
+- ``POST /control/options`` ``{report_received?, include_paid_at?}`` — wire variants
 - ``GET /control/requests?after=N`` (a list), ``POST /control/reset``
 - ``POST|GET|DELETE /control/faults`` — see ``sandbox.common.FaultInjector``
 """
@@ -229,7 +236,7 @@ class Payment:
             self.is_paid = True
             self.paid_ms = _now_ms()
 
-    def to_api(self, *, with_paid_at: bool = False) -> dict[str, Any]:
+    def to_api(self, *, with_paid_at: bool = False, with_received: bool = False) -> dict[str, Any]:
         # Key order as in the provider's documentation (it matters to a raw-body signature).
         body: dict[str, Any] = {
             "id": self.id,
@@ -249,6 +256,8 @@ class Payment:
         }
         if with_paid_at:  # newer SDKs show it; off by default like the documented object
             body["paidAt"] = self.paid_ms
+        if with_received:  # not documented anywhere: a test variant (see the module doc)
+            body["receivedAmount"] = self.received
         return body
 
 
@@ -298,6 +307,7 @@ class KryptoExpressEmulator:
         callback_retry_delays: tuple[float, ...] = (0, 120, 240, 480, 960),
         callback_timeout: float = 10.0,
         include_paid_at: bool = False,
+        report_received: bool = False,
         seed: int | None = None,
     ) -> None:
         """``prices`` override/extend ``DEFAULT_PRICES``; stablecoins default to 1.00.
@@ -319,6 +329,7 @@ class KryptoExpressEmulator:
         self.callback_retry_delays = tuple(callback_retry_delays)
         self.callback_timeout = callback_timeout
         self.include_paid_at = include_paid_at
+        self.report_received = report_received
         self._rng = random.Random(seed)
         self.user_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         self.faults = FaultInjector(control_prefix=CONTROL_PREFIX)
@@ -354,6 +365,10 @@ class KryptoExpressEmulator:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _wire(self, payment: Payment) -> dict[str, Any]:
+        """The payment object as the API and callbacks show it, in the current variant."""
+        return payment.to_api(with_paid_at=self.include_paid_at, with_received=self.report_received)
 
     def price_of(self, code: str) -> Decimal:
         return self.prices.get(code, Decimal("1.00"))  # only stablecoins lack a price
@@ -393,6 +408,7 @@ class KryptoExpressEmulator:
         r.add_post(f"{CONTROL_PREFIX}/payments/{{ref}}/expire", self.control_expire)
         r.add_post(f"{CONTROL_PREFIX}/payments/{{ref}}/callback", self.control_callback)
         r.add_post(f"{CONTROL_PREFIX}/prices", self.control_prices)
+        r.add_post(f"{CONTROL_PREFIX}/options", self.control_options)
         r.add_post(f"{CONTROL_PREFIX}/reset", self.control_reset)
         self.faults.install_control_routes(app)
         self.requests.install_control_routes(app)
@@ -449,7 +465,7 @@ class KryptoExpressEmulator:
             callback_secret=callback_secret or None,
         )
         self.payments[payment.id] = payment
-        return json_response(payment.to_api(with_paid_at=self.include_paid_at))
+        return json_response(self._wire(payment))
 
     async def get_payment(self, request: web.Request) -> web.Response:
         # No X-Api-Key here: anyone holding the hash may poll the status.
@@ -459,7 +475,7 @@ class KryptoExpressEmulator:
         payment = next((p for p in self.payments.values() if p.hash == payment_hash), None)
         if payment is None:
             raise ApiError(404, "Payment not found")
-        return json_response(payment.to_api(with_paid_at=self.include_paid_at))
+        return json_response(self._wire(payment))
 
     async def currencies_all(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
@@ -550,7 +566,7 @@ class KryptoExpressEmulator:
             return records
         payload = options.body_override
         if payload is None:
-            payload = payment.to_api(with_paid_at=self.include_paid_at)
+            payload = self._wire(payment)
         body = dumps(payload).encode()  # plain numbers: 0.000012, never 1.2e-05
         headers = self._headers(payment.callback_secret, body, options)
 
@@ -575,7 +591,7 @@ class KryptoExpressEmulator:
     # --------------------------------------------------------- control routes
     def _control_view(self, payment: Payment) -> dict[str, Any]:
         return {
-            "payment": payment.to_api(with_paid_at=self.include_paid_at),
+            "payment": self._wire(payment),
             "received_amount": payment.received,
             "missing_amount": payment.missing,
             "expired": payment.expired,
@@ -608,7 +624,7 @@ class KryptoExpressEmulator:
         deliveries = await self._send_callbacks(payment, options) if send_callback else []
         return json_response(
             {
-                "payment": payment.to_api(with_paid_at=self.include_paid_at),
+                "payment": self._wire(payment),
                 "received_amount": payment.received,
                 "deliveries": deliveries,
             }
@@ -621,18 +637,14 @@ class KryptoExpressEmulator:
         payment.expire_ms = _now_ms() - 1000
         send_callback = _bool(body, "callback", False)
         deliveries = await self._send_callbacks(payment, options) if send_callback else []
-        return json_response(
-            {"payment": payment.to_api(with_paid_at=self.include_paid_at), "deliveries": deliveries}
-        )
+        return json_response({"payment": self._wire(payment), "deliveries": deliveries})
 
     async def control_callback(self, request: web.Request) -> web.Response:
         payment = self._payment(request.match_info["ref"])
         body = await _json_object(request, required=False)
         options = DeliveryOptions.parse(body, allow_override=True)
         deliveries = await self._send_callbacks(payment, options)
-        return json_response(
-            {"payment": payment.to_api(with_paid_at=self.include_paid_at), "deliveries": deliveries}
-        )
+        return json_response({"payment": self._wire(payment), "deliveries": deliveries})
 
     async def control_prices(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -641,6 +653,14 @@ class KryptoExpressEmulator:
             raise ApiError(400, "prices must be positive")
         self.prices.update(prices)
         return json_response(self.prices)
+
+    async def control_options(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        self.report_received = _bool(body, "report_received", self.report_received)
+        self.include_paid_at = _bool(body, "include_paid_at", self.include_paid_at)
+        return json_response(
+            {"report_received": self.report_received, "include_paid_at": self.include_paid_at}
+        )
 
     async def control_reset(self, request: web.Request) -> web.Response:
         await self.reset()

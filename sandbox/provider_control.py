@@ -122,6 +122,11 @@ class KryptoExpressControl(_ControlClient):
     async def set_prices(self, prices: dict[str, Decimal]) -> Any:
         return await self._call("POST", "/control/prices", prices)
 
+    async def set_options(self, **options: bool) -> Any:
+        """Wire variants: ``report_received`` (an undocumented ``receivedAmount``),
+        ``include_paid_at``."""
+        return await self._call("POST", "/control/options", options)
+
 
 class CryptoPayControl(_ControlClient):
     """Steers ``sandbox.cryptopay.CryptoPayEmulator``; amounts come back as strings, as

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Order, OrderEvent, OrderStatus, User
+from db.models import Order, OrderEvent, OrderStatus, Payment, User
 from services.clock import utcnow
 
 ZERO = Decimal("0.00")
@@ -96,6 +96,7 @@ class OrderView:
     order: Order
     user: User | None
     events: list[OrderEvent] = field(default_factory=list)
+    received: Decimal | None = None  # the sum the provider reported, if it reports one
 
 
 class ActionOutcome(StrEnum):
@@ -181,7 +182,12 @@ class AdminService:
                     .order_by(OrderEvent.id)
                 )
             ).scalars()
-            return OrderView(order, user, list(events))
+            received = (
+                await session.execute(
+                    select(Payment.received_amount).where(Payment.order_id == order_id)
+                )
+            ).scalar()
+            return OrderView(order, user, list(events), received)
 
     # ------------------------------------------------------------- actions
     async def retry(self, order_id: int, admin_id: int) -> ActionResult:

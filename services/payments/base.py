@@ -41,6 +41,9 @@ class PaymentStatus:
     crypto_amount: Decimal
     expires_at: datetime | None
     raw: dict[str, Any]
+    # The sum received so far, when the provider reports it. KryptoExpress's documented
+    # object does not (it only flips isPaid once the sum covers cryptoAmount): None.
+    received_amount: Decimal | None = None
 
 
 class PaymentProvider(Protocol):

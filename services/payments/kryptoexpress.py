@@ -172,6 +172,12 @@ class KryptoExpressProvider:
                 crypto_amount=to_decimal(payload["cryptoAmount"]),
                 expires_at=_ms_to_datetime(payload.get("expireDatetime")),
                 raw=payload,
+                received_amount=_optional_decimal(payload.get("receivedAmount")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProviderError(NAME, f"malformed payment object: {exc}") from exc
+
+
+def _optional_decimal(value: Any) -> Decimal | None:
+    # Not in the documented object; read when a variant of the API sends it.
+    return None if value is None else to_decimal(value)
