@@ -40,6 +40,7 @@ from processing.payments import AITokenPaymentProcessor
 from processing.reports import AdminOps
 from processing.web import CallbackRoutes
 from services.admin import AdminService
+from services.admin_chat import AdminChat
 from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
@@ -90,8 +91,10 @@ class BotApp:
         )
         self.providers = self._providers()
         self.gateway = PaymentGateway(list(self.providers.values()))
+        self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
-            s.admin_chat_id, order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack()
+            self.admin_chat,
+            order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
         )
         self.orders = OrderService(
             self.sessions,
@@ -159,11 +162,12 @@ class BotApp:
             preferences=self.preferences,
             admin=self.admin,
             admin_ops=self.admin_ops,
+            admin_chat=self.admin_chat,
         )
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
 
-        self.outbox = OutboxSender(self.sessions, self.bot, self.vault)
+        self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
         self._outbox_idle = outbox_idle
@@ -236,6 +240,7 @@ class BotApp:
     # ------------------------------------------------------------ lifecycle
     async def start(self, *, polling: bool = True) -> None:
         await upgrade_to_head(self.engine)
+        await self.admin_chat.load()
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.web_host, self.settings.web_port)

@@ -6,6 +6,7 @@ from aiogram.filters import BaseFilter
 from aiogram.types import CallbackQuery, Message
 
 from bot.settings import Settings
+from services.admin_chat import AdminChat
 
 
 class IsAdmin(BaseFilter):
@@ -15,3 +16,14 @@ class IsAdmin(BaseFilter):
     async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
         user = event.from_user
         return user is not None and user.id in settings.admin_ids
+
+
+class AdminPlace(BaseFilter):
+    """A private chat with the bot, or the admin group (under its id now: Telegram gives
+    an upgraded group a new one, see ``AdminChat``)."""
+
+    async def __call__(self, event: Message | CallbackQuery, admin_chat: AdminChat) -> bool:
+        message = event.message if isinstance(event, CallbackQuery) else event
+        if message is None:
+            return False
+        return message.chat.type == "private" or admin_chat.is_admin_chat(message.chat.id)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import html
 
-from aiogram.filters import BaseFilter, Command, CommandObject
+from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
-from bot.filters import IsAdmin
+from bot.filters import AdminPlace, IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
 from locales import Translator
@@ -38,20 +38,7 @@ class AdminOrderCb(CallbackData, prefix="ao"):
     order_id: int
 
 
-class AdminChat(BaseFilter):
-    """A private chat with the bot, or the configured admin group."""
-
-    async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
-        message = event.message if isinstance(event, CallbackQuery) else event
-        if message is None:
-            return False
-        chat = message.chat
-        return chat.type == "private" or (
-            settings.admin_chat_id is not None and chat.id == settings.admin_chat_id
-        )
-
-
-ADMIN = (IsAdmin(), AdminChat())
+ADMIN = (IsAdmin(), AdminPlace())
 
 
 def _order_id(command: CommandObject) -> int | None:

@@ -13,8 +13,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.filters import IsAdmin
-from bot.settings import Settings
+from bot.filters import AdminPlace, IsAdmin
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator
@@ -26,19 +25,10 @@ class BroadcastCb(CallbackData, prefix="bc"):
     broadcast_id: int
 
 
-async def _admin_place(event: Message | CallbackQuery, settings: Settings) -> bool:
-    """A private chat with the bot, or the operator's admin group."""
-    message = event.message if isinstance(event, CallbackQuery) else event
-    if message is None:
-        return False
-    chat = message.chat
-    return chat.type == "private" or chat.id == settings.admin_chat_id
-
-
 router = RouterSpec(__name__, private_only=False)
 
 
-@router.message(Command("broadcast"), IsAdmin(), _admin_place)
+@router.message(Command("broadcast"), IsAdmin(), AdminPlace())
 async def broadcast_command(
     message: Message, command: CommandObject, t: Translator, broadcasts: BroadcastService
 ) -> None:
@@ -71,7 +61,7 @@ async def broadcast_command(
     )
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "send"), IsAdmin(), _admin_place)
+@router.callback_query(BroadcastCb.filter(F.action == "send"), IsAdmin(), AdminPlace())
 async def broadcast_send(
     callback: CallbackQuery,
     callback_data: BroadcastCb,
@@ -91,7 +81,7 @@ async def broadcast_send(
     await show(callback, t("broadcast.queued", id=callback_data.broadcast_id, total=total))
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "cancel"), IsAdmin(), _admin_place)
+@router.callback_query(BroadcastCb.filter(F.action == "cancel"), IsAdmin(), AdminPlace())
 async def broadcast_cancel(
     callback: CallbackQuery,
     callback_data: BroadcastCb,
