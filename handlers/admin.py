@@ -16,6 +16,7 @@ from aiogram.types import CallbackQuery, Message
 from bot.filters import AdminPlace, IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
+from handlers.util import answer_long
 from locales import Translator
 from processing.reports import (
     AdminOps,
@@ -52,10 +53,10 @@ async def stats(
 ) -> None:
     days = PERIODS.get((command.args or "today").strip().lower())
     if days is None:
-        await message.answer(t("admin_cmd.stats_usage"))
+        await answer_long(message, t("admin_cmd.stats_usage"))
         return
     figures = await admin.stats(recent_period(days, settings.timezone))
-    await message.answer(render_stats(t, figures, settings.timezone))
+    await answer_long(message, render_stats(t, figures, settings.timezone))
 
 
 async def _order_text(t: Translator, admin: AdminService, order_id: int, tz: str) -> str:
@@ -71,9 +72,9 @@ async def order(
 ) -> None:
     order_id = _order_id(command)
     if order_id is None:
-        await message.answer(t("admin_cmd.order_usage"))
+        await answer_long(message, t("admin_cmd.order_usage"))
         return
-    await message.answer(await _order_text(t, admin, order_id, settings.timezone))
+    await answer_long(message, await _order_text(t, admin, order_id, settings.timezone))
 
 
 @router.callback_query(AdminOrderCb.filter(), *ADMIN)
@@ -87,7 +88,7 @@ async def order_button(
     text = await _order_text(t, admin, callback_data.order_id, settings.timezone)
     if isinstance(callback.message, Message):
         # A new message: the alert above it stays as it was.
-        await callback.message.answer(text)
+        await answer_long(callback.message, text)
     await callback.answer()
 
 
@@ -103,16 +104,19 @@ async def retry(
 ) -> None:
     order_id = _order_id(command)
     if order_id is None or message.from_user is None:
-        await message.answer(t("admin_cmd.retry_usage"))
+        await answer_long(message, t("admin_cmd.retry_usage"))
         return
     result, now = await admin_ops.retry(order_id, message.from_user.id)
     if result.outcome is ActionOutcome.NOT_FOUND:
-        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+        await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
-        await message.answer(t("admin_cmd.retry_refused", order_id=order_id, status=result.status))
+        await answer_long(
+            message, t("admin_cmd.retry_refused", order_id=order_id, status=result.status)
+        )
     else:
-        await message.answer(
-            t("admin_cmd.retry_done", order_id=order_id, previous=result.status, status=now)
+        await answer_long(
+            message,
+            t("admin_cmd.retry_done", order_id=order_id, previous=result.status, status=now),
         )
 
 
@@ -124,21 +128,24 @@ async def refund(
     order_id = _order_id(command)
     note = parts[1].strip() if len(parts) > 1 else ""
     if order_id is None or not note or message.from_user is None:
-        await message.answer(t("admin_cmd.refund_usage"))
+        await answer_long(message, t("admin_cmd.refund_usage"))
         return
     result = await admin.refund(order_id, message.from_user.id, note[:1000])
     if result.outcome is ActionOutcome.NOT_FOUND:
-        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+        await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
-        await message.answer(t("admin_cmd.refund_refused", order_id=order_id, status=result.status))
+        await answer_long(
+            message, t("admin_cmd.refund_refused", order_id=order_id, status=result.status)
+        )
     else:
-        await message.answer(
+        await answer_long(
+            message,
             t(
                 "admin_cmd.refund_done",
                 order_id=order_id,
                 previous=result.status,
                 note=html.escape(note[:1000]),
-            )
+            ),
         )
 
 
@@ -147,9 +154,9 @@ async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
     try:
         figures = await admin_ops.balance()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
         return
-    await message.answer(f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
+    await answer_long(message, f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
 
 
 @router.message(Command("reconcile"), *ADMIN)
@@ -157,6 +164,6 @@ async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> Non
     try:
         report = await admin_ops.reconcile()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
         return
-    await message.answer(render_reconciliation(t, report))
+    await answer_long(message, render_reconciliation(t, report))

@@ -15,9 +15,10 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 
 from bot.filters import AdminPlace, IsAdmin
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import answer_long, show
 from locales import Translator
 from services.broadcast import BroadcastService
+from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
 
 class BroadcastCb(CallbackData, prefix="bc"):
@@ -37,7 +38,15 @@ async def broadcast_command(
         await message.answer(t("broadcast.usage"))
         return
     # Parse mode is HTML: the admin's text goes out exactly as typed.
-    draft = await broadcasts.draft(message.from_user.id, html.escape(text))
+    body = html.escape(text)
+    # Each buyer gets it as one message, so it must fit one (a Telegram client caps the
+    # command itself at 4,096 too; the preview is split instead, see answer_long).
+    if telegram_length(body) > MAX_MESSAGE_LENGTH:
+        await message.answer(
+            t("broadcast.too_long", length=telegram_length(body), limit=MAX_MESSAGE_LENGTH)
+        )
+        return
+    draft = await broadcasts.draft(message.from_user.id, body)
     if draft.recipients == 0:
         await broadcasts.cancel(draft.id)
         await message.answer(t("broadcast.nobody"))
@@ -56,8 +65,8 @@ async def broadcast_command(
             ]
         ]
     )
-    await message.answer(
-        t("broadcast.preview", text=draft.text, count=draft.recipients), reply_markup=markup
+    await answer_long(
+        message, t("broadcast.preview", text=draft.text, count=draft.recipients), markup
     )
 
 

@@ -68,6 +68,7 @@ from db.models import OutboxMessage, User
 from locales import translator
 from services.broadcast import BroadcastService, Progress
 from services.clock import utcnow
+from services.message_text import split_html, telegram_length
 from services.notify import API_KEY_SLOT, Notifier
 from services.vault import KeyVault
 
@@ -82,7 +83,8 @@ CLAIM_LEASE = timedelta(seconds=20)
 MAX_ATTEMPTS = 8
 # Admin groups take 20 messages a minute; a busy shop writes more alerts than that.
 # Consecutive pending messages to a group are joined into one Telegram message (up to
-# this many, within Telegram's 4,096 characters) instead of queueing for minutes.
+# this many, within Telegram's 4,096 characters as it counts them) instead of queueing
+# for minutes.
 COALESCE_MAX = 25
 COALESCE_CHARS = 3800
 COALESCE_BUTTON_ROWS = 8
@@ -496,7 +498,12 @@ class OutboxSender:
         if API_KEY_SLOT in text:
             text = text.replace(API_KEY_SLOT, html.escape(await self._secret_key(payload)))
         markup = _markup(payload.get("buttons"))
-        await self.bot.send_message(row.chat_id, text, reply_markup=markup)
+        # A long report goes as several messages (buttons under the last). A failure
+        # part-way resends the earlier parts too: at-least-once, as for any message.
+        parts = split_html(text)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            await self.bot.send_message(row.chat_id, part, reply_markup=markup if last else None)
 
     async def _secret_key(self, payload: dict[str, Any]) -> str:
         user_id = int(payload["secret_key_of"])
@@ -608,13 +615,13 @@ def _bundles(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
             and _joinable(row)
             and _joinable(current[-1])
             and len(current) < COALESCE_MAX
-            and size + len(row.text) + 2 <= COALESCE_CHARS
+            and size + telegram_length(row.text) + 2 <= COALESCE_CHARS
         ):
             current.append(row)
-            size += len(row.text) + 2
+            size += telegram_length(row.text) + 2
         else:
             bundles.append([row])
-            size = len(row.text)
+            size = telegram_length(row.text)
     return bundles
 
 
