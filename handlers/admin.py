@@ -8,12 +8,14 @@ to silence (the other routers ignore groups).
 from __future__ import annotations
 
 import html
+import re
 
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
-from bot.filters import AdminPlace, IsAdmin
+from bot.callbacks import RowId
+from bot.filters import AdminPlace, ForgedData, IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
@@ -36,15 +38,22 @@ PERIODS = {"today": 1, "7d": 7, "30d": 30}
 class AdminOrderCb(CallbackData, prefix="ao"):
     """The "🔎 Order #N" button under admin alerts."""
 
-    order_id: int
+    order_id: RowId
 
 
 ADMIN = (IsAdmin(), AdminPlace())
 
 
+# ASCII digits only: "²".isdigit() is True, but it is no order number (int() refuses it).
+_ORDER_ARG = re.compile(r"#?([0-9]+)")
+
+
 def _order_id(command: CommandObject) -> int | None:
+    """``123`` or ``#123`` (as alerts write it); None for anything else (usage line).
+    Any size: an id beyond the database's range is simply not found."""
     arg = (command.args or "").split(maxsplit=1)
-    return int(arg[0]) if arg and arg[0].lstrip("#").isdigit() else None
+    match = _ORDER_ARG.fullmatch(arg[0]) if arg else None
+    return int(match.group(1)) if match else None
 
 
 @router.message(Command("stats"), *ADMIN)
@@ -96,6 +105,11 @@ async def order_button(
 async def order_button_not_admin(callback: CallbackQuery) -> None:
     # Anyone else in the group pressed it: stop their spinner, show nothing.
     await callback.answer()
+
+
+@router.callback_query(ForgedData(AdminOrderCb))
+async def order_button_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)
 
 
 @router.message(Command("retry"), *ADMIN)

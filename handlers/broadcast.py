@@ -13,7 +13,8 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.filters import AdminPlace, IsAdmin
+from bot.callbacks import RowId
+from bot.filters import AdminPlace, ForgedData, IsAdmin
 from handlers.spec import RouterSpec
 from handlers.util import answer_long, show
 from locales import Translator
@@ -23,7 +24,7 @@ from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
 class BroadcastCb(CallbackData, prefix="bc"):
     action: str  # send | cancel
-    broadcast_id: int
+    broadcast_id: RowId
 
 
 router = RouterSpec(__name__, private_only=False)
@@ -101,3 +102,8 @@ async def broadcast_cancel(
         await callback.answer(t("broadcast.already"))
         return
     await show(callback, t("broadcast.cancelled"))
+
+
+@router.callback_query(ForgedData(BroadcastCb))
+async def broadcast_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)
