@@ -38,7 +38,7 @@ from processing.jobs import JobIntervals, build_scheduler
 from processing.outbox import OutboxSender
 from processing.payments import AITokenPaymentProcessor
 from processing.reports import AdminOps
-from processing.web import CallbackRoutes
+from processing.web import CallbackRoutes, hide_server_software
 from services.admin import AdminService
 from services.admin_chat import AdminChat
 from services.broadcast import BroadcastService
@@ -172,6 +172,7 @@ class BotApp:
         self.dp["broadcasts"] = self.broadcasts
         self._outbox_idle = outbox_idle
         self.web = web.Application(client_max_size=1024 * 1024)
+        hide_server_software(self.web)
         CallbackRoutes(
             self.processor,
             self.providers.get("kryptoexpress"),
