@@ -26,7 +26,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.middlewares import UserContextMiddleware
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
@@ -253,8 +253,11 @@ class BotApp:
         self._spawn(self.outbox.run_forever(idle=self._outbox_idle))
         await self._set_commands()
         if self.settings.telegram_mode == "webhook":
+            if not self.settings.telegram_webhook_url:
+                # setWebhook with an empty url REMOVES the webhook, silently: refuse.
+                raise ConfigError("TELEGRAM_WEBHOOK_URL is required in webhook mode")
             await self.bot.set_webhook(
-                str(self.settings.telegram_webhook_url),
+                self.settings.telegram_webhook_url,
                 secret_token=_secret(self.settings.telegram_webhook_secret),
                 drop_pending_updates=False,
             )
