@@ -170,6 +170,7 @@ class BotApp:
         self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
+        self.dp["outbox"] = self.outbox
         self._outbox_idle = outbox_idle
         self.web = web.Application(client_max_size=1024 * 1024)
         hide_server_software(self.web)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 
+from aiogram import F
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
@@ -20,6 +21,7 @@ from bot.settings import Settings
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
 from locales import Translator
+from processing.outbox import OutboxSender
 from processing.reports import (
     AdminOps,
     render_balance,
@@ -54,6 +56,14 @@ def _order_id(command: CommandObject) -> int | None:
     arg = (command.args or "").split(maxsplit=1)
     match = _ORDER_ARG.fullmatch(arg[0]) if arg else None
     return int(match.group(1)) if match else None
+
+
+@router.message(F.migrate_to_chat_id)
+async def group_upgraded(message: Message, outbox: OutboxSender) -> None:
+    # Telegram's service message in a group upgraded to a supergroup: follow the move
+    # now, before the next alert bounces off the old id.
+    if message.migrate_to_chat_id is not None:
+        await outbox.follow_migration(message.chat.id, message.migrate_to_chat_id)
 
 
 @router.message(Command("stats"), *ADMIN)

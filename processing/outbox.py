@@ -465,7 +465,7 @@ class OutboxSender:
             return False
         except TelegramMigrateToChat as exc:
             # Before TelegramBadRequest: it is a 400 too, but the message can still go.
-            await self._migrated(row.chat_id, exc.migrate_to_chat_id)
+            await self.follow_migration(row.chat_id, exc.migrate_to_chat_id)
             return False
         except TelegramForbiddenError as exc:
             await self._unreachable(row.chat_id, str(exc))
@@ -557,10 +557,11 @@ class OutboxSender:
                 .values(lease_until=None)
             )
 
-    async def _migrated(self, old: int, new: int) -> None:
-        """Telegram upgraded a group to a supergroup: its pending rows (the one that failed
-        included) move to the new id and go out from there, in their order. If it was the
-        admin group, the new id is stored and replaces ADMIN_CHAT_ID from now on."""
+    async def follow_migration(self, old: int, new: int) -> None:
+        """Telegram upgraded a group to a supergroup (we saw its service message, or a send
+        was answered with ``migrate_to_chat_id``): the chat's pending rows move to the new
+        id and go out from there, in their order. If it was the admin group, the new id is
+        stored and replaces ADMIN_CHAT_ID from now on. Safe to call twice."""
         admin_chat = self.notifier.admin_chat
         try:
             async with self.sessions() as session, session.begin():

@@ -31,10 +31,12 @@ Test steering lives under ``/control/`` (JSON, never faulted, never in the event
   ``GET /control/callback_answers/{id}?timeout=S`` long-polls one query until answered
 - ``GET /control/files/{file_id}`` -> the uploaded bytes
 - ``POST /control/users/{user_id}/block`` ``{blocked?: true, reason?: "blocked"|"deactivated"}``
-- ``POST /control/chats/{chat_id}/upgrade`` ``{new_chat_id?}`` -> the new supergroup: a basic
-  group becomes a supergroup with a new id (``-100…``). From then on every call naming the
-  old id answers 400 "group chat was upgraded to a supergroup chat" with
-  ``parameters.migrate_to_chat_id``, as Telegram does (aiogram: TelegramMigrateToChat)
+- ``POST /control/chats/{chat_id}/upgrade`` ``{new_chat_id?, user_id?, updates?}`` -> the
+  new supergroup: a basic group becomes a supergroup with a new id (``-100…``); the service
+  messages ``migrate_to_chat_id`` (old group) and ``migrate_from_chat_id`` (new one) are
+  delivered as updates. From then on every call naming the old id answers 400 "group chat
+  was upgraded to a supergroup chat" with ``parameters.migrate_to_chat_id``, as Telegram
+  does (aiogram: TelegramMigrateToChat)
 - ``GET /control/state``, ``POST /control/reset``, ``POST|GET|DELETE /control/faults``
 - ``POST /control/limits`` ``{enforce, global_per_second?, per_chat_per_second?,
   per_chat_burst?, group_per_minute?, group_window?, retry_after?}`` -> the limits now in
@@ -731,6 +733,7 @@ class StoredMessage:
     edit_date: int | None = None
     deleted: bool = False
     history: list[str] = field(default_factory=list)  # earlier `plain` versions
+    service: dict[str, Any] | None = None  # a service message's fields, e.g. migrate_to_chat_id
 
     @property
     def has_media(self) -> bool:
@@ -747,6 +750,8 @@ class StoredMessage:
             body["edit_date"] = self.edit_date
         if reply_to is not None:
             body["reply_to_message"] = reply_to.to_api(chat)
+        if self.service is not None:
+            return body | self.service
         if self.has_media:
             if self.photo is not None:
                 body["photo"] = self.photo
@@ -790,6 +795,7 @@ class StoredMessage:
             "date": self.date,
             "seq": self.seq,
             "history": self.history,
+            "service": self.service,
         }
 
 
@@ -1901,7 +1907,13 @@ class TelegramEmulator:
 
     async def _control_upgrade_chat(self, request: web.Request) -> web.Response:
         """A basic group becomes a supergroup under a new id (what an owner's "upgrade",
-        or turning on a forum or a public link, does). The old id stays answering 400."""
+        or turning on a forum or a public link, does). The old id stays answering 400.
+
+        As Telegram, both chats get a service message, delivered to the bot as updates:
+        ``migrate_to_chat_id`` in the old group, ``migrate_from_chat_id`` in the new one.
+        ``{user_id?}`` is who upgraded it (the service messages' sender);
+        ``{updates: false}`` stores them without delivering, as for a bot that missed them
+        (it was down past Telegram's 24 h, or another replica is the one sending)."""
         old = self.chats.get(_as_int(request.match_info["chat_id"]) or 0)
         if old is None or old.type != "group" or old.migrated_to is not None:
             return _control_error(400, "only a registered, not yet upgraded basic group")
@@ -1912,6 +1924,15 @@ class TelegramEmulator:
             return _control_error(409, "new_chat_id is taken")
         new = Chat(id=new_id, type="supergroup", title=old.title, username=old.username)
         self.chats[new_id] = new
+        owner = self._ensure_user({}, _as_int(body.get("user_id")) or 1)
+        for chat, service in (
+            (old, {"migrate_to_chat_id": new_id}),
+            (new, {"migrate_from_chat_id": old.id}),
+        ):
+            message = self._new_message(chat, from_bot=False, sender=owner.to_api())
+            message.service, message.seq = service, self._next_seq()
+            if body.get("updates", True):
+                self._enqueue("message", self._message_api(message))
         old.migrated_to = new_id
         return json_response(new.to_api())
 

@@ -89,9 +89,29 @@ async def _basic_admin_group(sandbox: Sandbox) -> None:
         await tg.register_chat(OLD_GROUP, "group", title="Shop admins")
 
 
-async def test_admin_group_upgrade_is_followed_stored_and_announced(tmp_path: Path) -> None:
+async def test_admin_group_upgrade_is_followed_from_the_service_message(tmp_path: Path) -> None:
     async with running_env(tmp_path, configure=_basic_admin_group, admin_chat_id=OLD_GROUP) as env:
         assert (await env.tg.upgrade_chat(OLD_GROUP))["id"] == NEW_GROUP
+        # The bot follows at once: the notice is the first thing in the new group ...
+        notice = await env.tg.wait_for_text(NEW_GROUP, "upgraded the admin group")
+        assert f"from {OLD_GROUP} to {NEW_GROUP}" in notice["plain"]
+        assert env.app.admin_chat.id == NEW_GROUP
+        # ... alerts go straight there, and admin commands are accepted there.
+        async with env.app.sessions() as session, session.begin():
+            await env.app.notifier.admin(
+                session, "admin.model_missing", dedupe="after-upgrade", model="vendor/y"
+            )
+        env.app.outbox.wake()
+        await env.tg.wait_for_text(NEW_GROUP, "vendor/y")
+        await env.tg.send_text(ADMIN_ID, "/stats", chat_id=NEW_GROUP)
+        await env.tg.wait_for_text(NEW_GROUP, "Stats")
+        assert await env.tg.events(chat_id=OLD_GROUP) == [], "nothing was sent to the old id"
+
+
+async def test_admin_group_upgrade_is_followed_stored_and_announced(tmp_path: Path) -> None:
+    async with running_env(tmp_path, configure=_basic_admin_group, admin_chat_id=OLD_GROUP) as env:
+        # The bot never saw the service messages: it learns from the 400 answer.
+        assert (await env.tg.upgrade_chat(OLD_GROUP, updates=False))["id"] == NEW_GROUP
         async with env.app.sessions() as session, session.begin():
             await env.app.notifier.admin(
                 session, "admin.model_missing", dedupe="upgrade-test", model="vendor/x"

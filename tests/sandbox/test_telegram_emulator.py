@@ -398,6 +398,14 @@ async def test_upgraded_group_answers_migrate_to_chat_id(
     assert (await bot.send_message(-4001, "before")).chat.type == "group"
     new = await tg.upgrade_chat(-4001)
     assert new["id"] == -1004001 and new["type"] == "supergroup"
+    # Both chats get a service message, delivered to the bot as updates.
+    updates = await bot.get_updates()
+    moves = [
+        (u.message.chat.id, u.message.migrate_to_chat_id, u.message.migrate_from_chat_id)
+        for u in updates
+        if u.message is not None
+    ]
+    assert moves == [(-4001, -1004001, None), (-1004001, None, -4001)]
     # The raw answer has Telegram's shape (telegram-bot-api Client.cpp fail_query).
     async with httpx.AsyncClient() as http:
         raw = await http.post(
