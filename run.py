@@ -43,10 +43,10 @@ async def _run_real(worker: bool = False, verbose: bool = False) -> int:
     from bot.app import BotApp
 
     try:
-        settings = load_settings()
-        settings.require_for_production()
+        settings = load_settings(production=True)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
         return 2
     _logging(verbose, settings.log_format)
     app = BotApp(settings)

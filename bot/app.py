@@ -28,7 +28,7 @@ from aiohttp import web
 
 from bot.callbacks import AdminFundsCb
 from bot.middlewares import LogContextMiddleware, UserContextMiddleware
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
@@ -41,8 +41,9 @@ from processing.jobs import JobIntervals, build_scheduler
 from processing.outbox import OutboxSender
 from processing.payments import AITokenPaymentProcessor
 from processing.reports import AdminOps
-from processing.web import CallbackRoutes
+from processing.web import CallbackRoutes, hide_server_software
 from services.admin import AdminService
+from services.admin_chat import AdminChat
 from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
@@ -93,8 +94,9 @@ class BotApp:
         )
         self.providers = self._providers()
         self.gateway = PaymentGateway(list(self.providers.values()))
+        self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
-            s.admin_chat_id,
+            self.admin_chat,
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
         )
@@ -166,16 +168,19 @@ class BotApp:
             preferences=self.preferences,
             admin=self.admin,
             admin_ops=self.admin_ops,
+            admin_chat=self.admin_chat,
         )
         self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
 
-        self.outbox = OutboxSender(self.sessions, self.bot, self.vault)
+        self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
+        self.dp["outbox"] = self.outbox
         self._outbox_idle = outbox_idle
         self.web = web.Application(client_max_size=1024 * 1024)
+        hide_server_software(self.web)
         CallbackRoutes(
             self.processor,
             self.providers.get("kryptoexpress"),
@@ -256,6 +261,7 @@ class BotApp:
     # ------------------------------------------------------------ lifecycle
     async def start(self, *, polling: bool = True) -> None:
         await upgrade_to_head(self.engine)
+        await self.admin_chat.load()
         self._runner = web.AppRunner(self.web, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.web_host, self.settings.web_port)
@@ -267,8 +273,11 @@ class BotApp:
         self._spawn(self.outbox.run_forever(idle=self._outbox_idle))
         await self._set_commands()
         if self.settings.telegram_mode == "webhook":
+            if not self.settings.telegram_webhook_url:
+                # setWebhook with an empty url REMOVES the webhook, silently: refuse.
+                raise ConfigError("TELEGRAM_WEBHOOK_URL is required in webhook mode")
             await self.bot.set_webhook(
-                str(self.settings.telegram_webhook_url),
+                self.settings.telegram_webhook_url,
                 secret_token=_secret(self.settings.telegram_webhook_secret),
                 drop_pending_updates=False,
             )

@@ -1,8 +1,21 @@
-"""Callback data factories. They carry ids only; handlers check every id belongs to the user."""
+"""Callback data factories. They carry ids only; handlers check every id belongs to the user.
+
+Callback data comes from the client and can be forged: numbers are bounded to what the
+database can hold, so a forged 30-digit id fails to unpack, the filter does not match,
+and the press gets the fallback's polite "no longer valid" instead of a database error.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from aiogram.filters.callback_data import CallbackData
+from pydantic import Field
+
+from db.models import MAX_BIGINT, MAX_ROW_ID
+
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+TokenCount = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 
 
 class MenuCb(CallbackData, prefix="m"):
@@ -14,22 +27,22 @@ class ModelCb(CallbackData, prefix="mo"):
 
 
 class PackageCb(CallbackData, prefix="p"):
-    tokens: int
+    tokens: TokenCount
 
 
 class AssetCb(CallbackData, prefix="a"):
-    tokens: int
+    tokens: TokenCount
     asset: str
 
 
 class QuoteCb(CallbackData, prefix="q"):
     action: str  # ok | no
-    quote_id: int
+    quote_id: RowId
 
 
 class OrderCb(CallbackData, prefix="o"):
     action: str  # check | cancel
-    order_id: int
+    order_id: RowId
 
 
 class LangCb(CallbackData, prefix="l"):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from aiogram.filters import BaseFilter
+from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
 from bot.settings import Settings
+from services.admin_chat import AdminChat
 
 
 class IsAdmin(BaseFilter):
@@ -15,3 +17,33 @@ class IsAdmin(BaseFilter):
     async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
         user = event.from_user
         return user is not None and user.id in settings.admin_ids
+
+
+class AdminPlace(BaseFilter):
+    """A private chat with the bot, or the admin group (under its id now: Telegram gives
+    an upgraded group a new one, see ``AdminChat``)."""
+
+    async def __call__(self, event: Message | CallbackQuery, admin_chat: AdminChat) -> bool:
+        message = event.message if isinstance(event, CallbackQuery) else event
+        if message is None:
+            return False
+        return message.chat.type == "private" or admin_chat.is_admin_chat(message.chat.id)
+
+
+class ForgedData(BaseFilter):
+    """Callback data with ``factory``'s prefix that does not unpack: forged, or carrying an
+    id no row can have. Private chats have the fallback's answer; in the admin group
+    nothing else would answer, so routers refuse such presses politely with this."""
+
+    def __init__(self, factory: type[CallbackData]) -> None:
+        self.factory = factory
+
+    async def __call__(self, callback: CallbackQuery) -> bool:
+        data = callback.data or ""
+        if not data.startswith(f"{self.factory.__prefix__}{self.factory.__separator__}"):
+            return False
+        try:
+            self.factory.unpack(data)
+        except (TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+            return True
+        return False

@@ -5,18 +5,46 @@ Built once in ``run.py`` and passed down; never imported as a global.
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from services.vault import parse_keys
 
+# The async drivers the app is built and tested with (db/engine.py).
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
 
 class ConfigError(Exception):
-    """A missing or malformed setting; the message is one line naming it."""
+    """Missing or malformed settings: one line per problem, each naming its setting."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL with a host, or ValueError saying what is wrong."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
 
 
 def _split(value: Any) -> Any:
@@ -31,8 +59,14 @@ CsvDecimals = Annotated[list[Decimal], NoDecode]
 
 
 class Settings(BaseSettings):
+    # env_ignore_empty: "NAME=" (as copied from .env.example) means unset, so a required
+    # setting left empty is reported missing and an optional one takes its default.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     bot_token: SecretStr | None = None
@@ -129,6 +163,48 @@ class Settings(BaseSettings):
     def _csv(cls, value: Any) -> Any:
         return _split(value)
 
+    @field_validator(
+        "bot_token",
+        "telegram_webhook_url",
+        "telegram_webhook_secret",
+        "redis_url",
+        "openrouter_api_key",
+        "openrouter_management_key",
+        "krypto_express_api_key",
+        "krypto_express_callback_secret",
+        "crypto_pay_token",
+        "public_base_url",
+        "encryption_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # The same rule for values passed in code as for the environment (above).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "telegram_api_base",
+        "telegram_webhook_url",
+        "openrouter_base_url",
+        "krypto_express_api_url",
+        "crypto_pay_api_url",
+        "public_base_url",
+    )
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value.strip())
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            raise ValueError("expected e.g. sqlite+aiosqlite:///data/bot.db") from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(f"driver {driver!r} is not one of {', '.join(DATABASE_DRIVERS)}")
+        return value
+
     @field_validator("payment_providers")
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:
@@ -170,12 +246,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("backup_dir", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        # ``BACKUP_DIR=`` as .env.example ships it means "no backups", not the cwd.
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator("encryption_key")
     @classmethod
     def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
@@ -195,7 +265,14 @@ class Settings(BaseSettings):
         return self.public_base_url.rstrip("/") + "/payments/kryptoexpress"
 
     def require_for_production(self) -> None:
-        """Raise ConfigError naming the first setting a real run cannot do without."""
+        """Raise ConfigError listing every setting a real run lacks or cannot use."""
+        problems = self.production_problems()
+        if problems:
+            raise ConfigError(problems)
+
+    def production_problems(self) -> list[str]:
+        """One line per problem, in the order of SPEC §7."""
+        problems: list[str] = []
         required: list[tuple[str, object]] = [
             ("BOT_TOKEN", self.bot_token),
             ("ADMIN_CHAT_ID", self.admin_chat_id),
@@ -215,18 +292,48 @@ class Settings(BaseSettings):
             ]
         for name, value in required:
             if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
-                raise ConfigError(f"{name} is required but not set")
+                problems.append(f"{name} is required but not set")
+        webhook = self.telegram_webhook_url
+        if self.telegram_mode == "webhook" and webhook is not None:
+            parts = urlsplit(webhook)
+            # Telegram posts only to HTTPS; plain http is for a local Bot API server.
+            if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+                problems.append(
+                    f"TELEGRAM_WEBHOOK_URL must be https:// (Telegram posts only to HTTPS), "
+                    f"got {webhook!r}"
+                )
         if self.default_model not in self.models:
-            raise ConfigError(f"DEFAULT_MODEL {self.default_model!r} is not one of MODELS")
+            problems.append(f"DEFAULT_MODEL {self.default_model!r} is not one of MODELS")
         if self.min_order_usd > self.max_order_usd:
-            raise ConfigError("MIN_ORDER_USD is larger than MAX_ORDER_USD")
+            problems.append("MIN_ORDER_USD is larger than MAX_ORDER_USD")
+        return problems
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings; turn pydantic's report into one line naming the setting."""
+def load_settings(*, production: bool = False, **overrides: Any) -> Settings:
+    """Build settings, or raise ConfigError listing every problem, one line each.
+
+    ``production``: also what a real run needs (``production_problems``). The malformed
+    values are replaced by their defaults to look for the rest, so one run names all."""
+    problems: list[str] = []
+    malformed: dict[str, Any] = {}
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise ConfigError(f"{name} is malformed: {first['msg']}") from None
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{field.upper() or 'settings'} is malformed: {message}")
+            if field in Settings.model_fields:
+                malformed[field] = Settings.model_fields[field].get_default(
+                    call_default_factory=True
+                )
+        try:
+            settings = Settings(**{**overrides, **malformed})
+        except ValidationError:
+            raise ConfigError(problems) from None
+    if production:
+        named = {line.split(" ", 1)[0] for line in problems}
+        problems += [p for p in settings.production_problems() if p.split(" ", 1)[0] not in named]
+    if problems:
+        raise ConfigError(problems)
+    return settings

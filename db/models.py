@@ -34,6 +34,14 @@ NAMING = {
 }
 
 
+# The largest value an Integer id column holds (PostgreSQL int4). Ids that come from
+# outside (admin arguments, callback data) are checked against it first: a bigger one
+# can name no row, and sending it to the database is an error, not "not found".
+MAX_ROW_ID = 2**31 - 1
+# The same for BigInteger columns (token counts).
+MAX_BIGINT = 2**63 - 1
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -277,3 +285,19 @@ class FundsLedger(Base):
     measured_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     available: Mapped[Decimal | None] = mapped_column(Money(18, 6))
     committed: Mapped[Decimal | None] = mapped_column(Money(18, 6))
+
+
+class RuntimeSetting(Base):
+    """A value the bot learned while running that overrides its environment setting.
+
+    Today one kind: ``admin_chat_moved_from:<old id>`` → the supergroup id Telegram
+    gave the admin group when it was upgraded (the old id then answers only
+    "migrate_to_chat_id"). Keyed by the old id, so an operator who later points
+    ADMIN_CHAT_ID at another group is not overridden by a stale move.
+    """
+
+    __tablename__ = "runtime_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

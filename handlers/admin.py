@@ -8,17 +8,20 @@ to silence (the other routers ignore groups).
 from __future__ import annotations
 
 import html
+import re
 
 from aiogram import F
-from aiogram.filters import BaseFilter, Command, CommandObject
+from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
-from bot.callbacks import AdminFundsCb
-from bot.filters import IsAdmin
+from bot.callbacks import AdminFundsCb, RowId
+from bot.filters import AdminPlace, ForgedData, IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
+from handlers.util import answer_long
 from locales import Translator
+from processing.outbox import OutboxSender
 from processing.reports import (
     AdminOps,
     render_balance,
@@ -38,28 +41,30 @@ PERIODS = {"today": 1, "7d": 7, "30d": 30}
 class AdminOrderCb(CallbackData, prefix="ao"):
     """The "🔎 Order #N" button under admin alerts."""
 
-    order_id: int
+    order_id: RowId
 
 
-class AdminChat(BaseFilter):
-    """A private chat with the bot, or the configured admin group."""
-
-    async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
-        message = event.message if isinstance(event, CallbackQuery) else event
-        if message is None:
-            return False
-        chat = message.chat
-        return chat.type == "private" or (
-            settings.admin_chat_id is not None and chat.id == settings.admin_chat_id
-        )
+ADMIN = (IsAdmin(), AdminPlace())
 
 
-ADMIN = (IsAdmin(), AdminChat())
+# ASCII digits only: "²".isdigit() is True, but it is no order number (int() refuses it).
+_ORDER_ARG = re.compile(r"#?([0-9]+)")
 
 
 def _order_id(command: CommandObject) -> int | None:
+    """``123`` or ``#123`` (as alerts write it); None for anything else (usage line).
+    Any size: an id beyond the database's range is simply not found."""
     arg = (command.args or "").split(maxsplit=1)
-    return int(arg[0]) if arg and arg[0].lstrip("#").isdigit() else None
+    match = _ORDER_ARG.fullmatch(arg[0]) if arg else None
+    return int(match.group(1)) if match else None
+
+
+@router.message(F.migrate_to_chat_id)
+async def group_upgraded(message: Message, outbox: OutboxSender) -> None:
+    # Telegram's service message in a group upgraded to a supergroup: follow the move
+    # now, before the next alert bounces off the old id.
+    if message.migrate_to_chat_id is not None:
+        await outbox.follow_migration(message.chat.id, message.migrate_to_chat_id)
 
 
 @router.message(Command("stats"), *ADMIN)
@@ -68,10 +73,10 @@ async def stats(
 ) -> None:
     days = PERIODS.get((command.args or "today").strip().lower())
     if days is None:
-        await message.answer(t("admin_cmd.stats_usage"))
+        await answer_long(message, t("admin_cmd.stats_usage"))
         return
     figures = await admin.stats(recent_period(days, settings.timezone))
-    await message.answer(render_stats(t, figures, settings.timezone))
+    await answer_long(message, render_stats(t, figures, settings.timezone))
 
 
 async def _order_text(t: Translator, admin: AdminService, order_id: int, tz: str) -> str:
@@ -87,9 +92,9 @@ async def order(
 ) -> None:
     order_id = _order_id(command)
     if order_id is None:
-        await message.answer(t("admin_cmd.order_usage"))
+        await answer_long(message, t("admin_cmd.order_usage"))
         return
-    await message.answer(await _order_text(t, admin, order_id, settings.timezone))
+    await answer_long(message, await _order_text(t, admin, order_id, settings.timezone))
 
 
 @router.callback_query(AdminOrderCb.filter(), *ADMIN)
@@ -103,7 +108,7 @@ async def order_button(
     text = await _order_text(t, admin, callback_data.order_id, settings.timezone)
     if isinstance(callback.message, Message):
         # A new message: the alert above it stays as it was.
-        await callback.message.answer(text)
+        await answer_long(callback.message, text)
     await callback.answer()
 
 
@@ -111,6 +116,11 @@ async def order_button(
 async def order_button_not_admin(callback: CallbackQuery) -> None:
     # Anyone else in the group pressed it: stop their spinner, show nothing.
     await callback.answer()
+
+
+@router.callback_query(ForgedData(AdminOrderCb))
+async def order_button_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)
 
 
 @router.callback_query(AdminFundsCb.filter(F.action == "recheck"), *ADMIN)
@@ -137,16 +147,19 @@ async def retry(
 ) -> None:
     order_id = _order_id(command)
     if order_id is None or message.from_user is None:
-        await message.answer(t("admin_cmd.retry_usage"))
+        await answer_long(message, t("admin_cmd.retry_usage"))
         return
     result, now = await admin_ops.retry(order_id, message.from_user.id)
     if result.outcome is ActionOutcome.NOT_FOUND:
-        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+        await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
-        await message.answer(t("admin_cmd.retry_refused", order_id=order_id, status=result.status))
+        await answer_long(
+            message, t("admin_cmd.retry_refused", order_id=order_id, status=result.status)
+        )
     else:
-        await message.answer(
-            t("admin_cmd.retry_done", order_id=order_id, previous=result.status, status=now)
+        await answer_long(
+            message,
+            t("admin_cmd.retry_done", order_id=order_id, previous=result.status, status=now),
         )
 
 
@@ -158,21 +171,24 @@ async def refund(
     order_id = _order_id(command)
     note = parts[1].strip() if len(parts) > 1 else ""
     if order_id is None or not note or message.from_user is None:
-        await message.answer(t("admin_cmd.refund_usage"))
+        await answer_long(message, t("admin_cmd.refund_usage"))
         return
     result = await admin.refund(order_id, message.from_user.id, note[:1000])
     if result.outcome is ActionOutcome.NOT_FOUND:
-        await message.answer(t("admin_cmd.not_found", order_id=order_id))
+        await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
-        await message.answer(t("admin_cmd.refund_refused", order_id=order_id, status=result.status))
+        await answer_long(
+            message, t("admin_cmd.refund_refused", order_id=order_id, status=result.status)
+        )
     else:
-        await message.answer(
+        await answer_long(
+            message,
             t(
                 "admin_cmd.refund_done",
                 order_id=order_id,
                 previous=result.status,
                 note=html.escape(note[:1000]),
-            )
+            ),
         )
 
 
@@ -181,9 +197,9 @@ async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
     try:
         figures = await admin_ops.balance()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
         return
-    await message.answer(f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
+    await answer_long(message, f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
 
 
 @router.message(Command("reconcile"), *ADMIN)
@@ -191,6 +207,6 @@ async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> Non
     try:
         report = await admin_ops.reconcile()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
         return
-    await message.answer(render_reconciliation(t, report))
+    await answer_long(message, render_reconciliation(t, report))

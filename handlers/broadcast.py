@@ -13,32 +13,24 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.filters import IsAdmin
-from bot.settings import Settings
+from bot.callbacks import RowId
+from bot.filters import AdminPlace, ForgedData, IsAdmin
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import answer_long, show
 from locales import Translator
 from services.broadcast import BroadcastService
+from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
 
 class BroadcastCb(CallbackData, prefix="bc"):
     action: str  # send | cancel
-    broadcast_id: int
-
-
-async def _admin_place(event: Message | CallbackQuery, settings: Settings) -> bool:
-    """A private chat with the bot, or the operator's admin group."""
-    message = event.message if isinstance(event, CallbackQuery) else event
-    if message is None:
-        return False
-    chat = message.chat
-    return chat.type == "private" or chat.id == settings.admin_chat_id
+    broadcast_id: RowId
 
 
 router = RouterSpec(__name__, private_only=False)
 
 
-@router.message(Command("broadcast"), IsAdmin(), _admin_place)
+@router.message(Command("broadcast"), IsAdmin(), AdminPlace())
 async def broadcast_command(
     message: Message, command: CommandObject, t: Translator, broadcasts: BroadcastService
 ) -> None:
@@ -47,7 +39,15 @@ async def broadcast_command(
         await message.answer(t("broadcast.usage"))
         return
     # Parse mode is HTML: the admin's text goes out exactly as typed.
-    draft = await broadcasts.draft(message.from_user.id, html.escape(text))
+    body = html.escape(text)
+    # Each buyer gets it as one message, so it must fit one (a Telegram client caps the
+    # command itself at 4,096 too; the preview is split instead, see answer_long).
+    if telegram_length(body) > MAX_MESSAGE_LENGTH:
+        await message.answer(
+            t("broadcast.too_long", length=telegram_length(body), limit=MAX_MESSAGE_LENGTH)
+        )
+        return
+    draft = await broadcasts.draft(message.from_user.id, body)
     if draft.recipients == 0:
         await broadcasts.cancel(draft.id)
         await message.answer(t("broadcast.nobody"))
@@ -66,12 +66,12 @@ async def broadcast_command(
             ]
         ]
     )
-    await message.answer(
-        t("broadcast.preview", text=draft.text, count=draft.recipients), reply_markup=markup
+    await answer_long(
+        message, t("broadcast.preview", text=draft.text, count=draft.recipients), markup
     )
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "send"), IsAdmin(), _admin_place)
+@router.callback_query(BroadcastCb.filter(F.action == "send"), IsAdmin(), AdminPlace())
 async def broadcast_send(
     callback: CallbackQuery,
     callback_data: BroadcastCb,
@@ -91,7 +91,7 @@ async def broadcast_send(
     await show(callback, t("broadcast.queued", id=callback_data.broadcast_id, total=total))
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "cancel"), IsAdmin(), _admin_place)
+@router.callback_query(BroadcastCb.filter(F.action == "cancel"), IsAdmin(), AdminPlace())
 async def broadcast_cancel(
     callback: CallbackQuery,
     callback_data: BroadcastCb,
@@ -102,3 +102,8 @@ async def broadcast_cancel(
         await callback.answer(t("broadcast.already"))
         return
     await show(callback, t("broadcast.cancelled"))
+
+
+@router.callback_query(ForgedData(BroadcastCb))
+async def broadcast_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)

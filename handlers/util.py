@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
+from services.message_text import split_html
+
+
+async def answer_long(
+    message: Message, text: str, markup: InlineKeyboardMarkup | None = None
+) -> None:
+    """Answer with ``text`` in as many messages as Telegram's 4,096-character limit needs
+    (admin output grows with the data: timelines, mismatch lists, broadcast previews);
+    the buttons go under the last part."""
+    parts = split_html(text)
+    for index, part in enumerate(parts):
+        await message.answer(part, reply_markup=markup if index == len(parts) - 1 else None)
+
 
 async def show(
     callback: CallbackQuery, text: str, markup: InlineKeyboardMarkup | None = None

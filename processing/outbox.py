@@ -19,9 +19,17 @@ never earlier than the moment Telegram saw it: so loopback jitter or a stalled e
 cannot squeeze two sends into one of Telegram's windows. Chats are sent to concurrently
 (``concurrency`` requests in flight at most), but each chat's rows go one after another.
 
-A 429 pauses ALL sending for ``retry_after`` (Telegram blocks the whole bot); 403 means
-the buyer blocked us: they are marked unreachable and their pending messages dropped;
-other failures back off exponentially, bounded, and are recorded.
+Every Telegram error ends somewhere defined (``_send_one``), never left pending:
+
+- 429 pauses ALL sending for ``retry_after`` (Telegram blocks the whole bot);
+- 400 with ``migrate_to_chat_id`` (a group upgraded to a supergroup): the chat's pending
+  rows move to the new id and are resent there; if it was the admin group, the new id is
+  stored and used from then on (``AdminChat``), and the group is told;
+- 403: the buyer blocked us (or the bot left the group): marked unreachable, their
+  pending messages dropped with the reason;
+- 400, 404, 413: the request itself is wrong: failed, with the reason;
+- anything else (5xx, network, 401, 409, an answer that is not JSON): retried with
+  exponential back-off, bounded, the reason recorded; after ``MAX_ATTEMPTS`` failed.
 
 Limits are per process: two replicas sharing a bot token should halve them.
 """
@@ -41,15 +49,18 @@ from typing import Any
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramBadRequest,
+    TelegramEntityTooLarge,
     TelegramForbiddenError,
-    TelegramNetworkError,
+    TelegramMigrateToChat,
+    TelegramNotFound,
     TelegramRetryAfter,
-    TelegramServerError,
 )
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
@@ -57,7 +68,8 @@ from db.models import OutboxMessage, User
 from locales import translator
 from services.broadcast import BroadcastService, Progress
 from services.clock import utcnow
-from services.notify import API_KEY_SLOT
+from services.message_text import split_html, telegram_length
+from services.notify import API_KEY_SLOT, Notifier
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
@@ -71,7 +83,8 @@ CLAIM_LEASE = timedelta(seconds=20)
 MAX_ATTEMPTS = 8
 # Admin groups take 20 messages a minute; a busy shop writes more alerts than that.
 # Consecutive pending messages to a group are joined into one Telegram message (up to
-# this many, within Telegram's 4,096 characters) instead of queueing for minutes.
+# this many, within Telegram's 4,096 characters as it counts them) instead of queueing
+# for minutes.
 COALESCE_MAX = 25
 COALESCE_CHARS = 3800
 COALESCE_BUTTON_ROWS = 8
@@ -237,6 +250,7 @@ class OutboxSender:
         sessions: async_sessionmaker[AsyncSession],
         bot: Bot,
         vault: KeyVault,
+        notifier: Notifier,
         *,
         limits: SendLimits | None = None,
         progress_interval: float = 3.0,
@@ -244,6 +258,7 @@ class OutboxSender:
         self.sessions = sessions
         self.bot = bot
         self.vault = vault
+        self.notifier = notifier
         self.configure(limits or SendLimits())
         self._paused_until = 0.0
         self._wake = asyncio.Event()
@@ -448,16 +463,30 @@ class OutboxSender:
             log.warning("outbox_rate_limited chat=%s retry_after=%s", row.chat_id, exc.retry_after)
             await self._retry(row, delay=float(exc.retry_after), error="429", count=False)
             return False
+        except TelegramMigrateToChat as exc:
+            # Before TelegramBadRequest: it is a 400 too, but the message can still go.
+            await self.follow_migration(row.chat_id, exc.migrate_to_chat_id)
+            return False
         except TelegramForbiddenError as exc:
             await self._unreachable(row.chat_id, str(exc))
             return False
-        except (TelegramBadRequest, LookupError, ValueError) as exc:
+        except (
+            TelegramBadRequest,
+            TelegramNotFound,
+            TelegramEntityTooLarge,  # a TelegramNetworkError, but resending cannot help
+            LookupError,
+            ValueError,
+        ) as exc:
             # Permanent: retrying the same request cannot succeed. Recorded for the operator.
-            await self._finish(row, "failed", error=str(exc))
+            await self._finish(row, "failed", error=f"{type(exc).__name__}: {exc}")
             log.error("outbox_bad_request id=%s chat=%s error=%s", row.id, row.chat_id, exc)
             return False
-        except (TelegramNetworkError, TelegramServerError, TimeoutError) as exc:
-            await self._retry(row, delay=min(300.0, 2.0**row.attempts), error=str(exc))
+        except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
+            # 5xx, network, 401 (token revoked), 409, unknown codes, an answer that is not
+            # Telegram's JSON (a proxy's error page): may pass later; bounded by MAX_ATTEMPTS.
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("outbox_retry id=%s chat=%s error=%s", row.id, row.chat_id, error)
+            await self._retry(row, delay=min(300.0, 2.0**row.attempts), error=error)
             return False
         await self._finish(row, "sent")
         self.sent_count += 1
@@ -469,7 +498,12 @@ class OutboxSender:
         if API_KEY_SLOT in text:
             text = text.replace(API_KEY_SLOT, html.escape(await self._secret_key(payload)))
         markup = _markup(payload.get("buttons"))
-        await self.bot.send_message(row.chat_id, text, reply_markup=markup)
+        # A long report goes as several messages (buttons under the last). A failure
+        # part-way resends the earlier parts too: at-least-once, as for any message.
+        parts = split_html(text)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            await self.bot.send_message(row.chat_id, part, reply_markup=markup if last else None)
 
     async def _secret_key(self, payload: dict[str, Any]) -> str:
         user_id = int(payload["secret_key_of"])
@@ -523,6 +557,43 @@ class OutboxSender:
                 .values(lease_until=None)
             )
 
+    async def follow_migration(self, old: int, new: int) -> None:
+        """Telegram upgraded a group to a supergroup (we saw its service message, or a send
+        was answered with ``migrate_to_chat_id``): the chat's pending rows move to the new
+        id and go out from there, in their order. If it was the admin group, the new id is
+        stored and replaces ADMIN_CHAT_ID from now on. Safe to call twice."""
+        admin_chat = self.notifier.admin_chat
+        try:
+            async with self.sessions() as session, session.begin():
+                was_admin = await admin_chat.record_move(session, old, new)
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.chat_id == old, OutboxMessage.status == "pending")
+                    .values(
+                        chat_id=new,
+                        lease_until=None,
+                        last_error=f"chat {old} was upgraded to supergroup {new}",
+                    )
+                )
+                if was_admin:
+                    await repo.add_outbox(
+                        session,
+                        chat_id=new,
+                        text=translator(self.notifier.admin_language)(
+                            "admin.chat_moved", old=old, new=new
+                        ),
+                        dedupe_key=f"admin_chat_moved:{old}:{new}",
+                    )
+        except IntegrityError:
+            # Another replica recorded the same move at the same moment: the rows stay
+            # claimed only until the lease ends, and the next round sees the move.
+            log.warning("chat_migrated_race old=%s new=%s", old, new)
+            return
+        if was_admin:
+            admin_chat.adopt(new)
+        log.warning("chat_migrated old=%s new=%s admin_group=%s", old, new, was_admin)
+        self.wake()
+
     async def _unreachable(self, chat_id: int, error: str) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(update(User).where(User.id == chat_id).values(reachable=False))
@@ -545,13 +616,13 @@ def _bundles(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
             and _joinable(row)
             and _joinable(current[-1])
             and len(current) < COALESCE_MAX
-            and size + len(row.text) + 2 <= COALESCE_CHARS
+            and size + telegram_length(row.text) + 2 <= COALESCE_CHARS
         ):
             current.append(row)
-            size += len(row.text) + 2
+            size += telegram_length(row.text) + 2
         else:
             bundles.append([row])
-            size = len(row.text)
+            size = telegram_length(row.text)
     return bundles
 
 
@@ -637,9 +708,9 @@ class BroadcastProgress:
             await self.bot.edit_message_text(
                 text=text, chat_id=progress.chat_id, message_id=progress.message_id
             )
-        except TelegramBadRequest as exc:
-            # "message is not modified" (shown already) or deleted by the admin: nothing
-            # more to do with this message either way.
+        except (TelegramBadRequest, TelegramMigrateToChat) as exc:
+            # "message is not modified" (shown already), deleted by the admin, or its group
+            # was upgraded (old messages stay behind): nothing more to do with it.
             log.info("broadcast_progress_edit id=%s error=%s", progress.id, exc)
         except TelegramAPIError as exc:  # 429, network: the next tick tries again
             log.warning("broadcast_progress_edit_failed id=%s error=%s", progress.id, exc)

@@ -28,6 +28,17 @@ MAX_CALLBACK_BYTES = 64 * 1024
 REJECT_ALERT_WINDOW = 300
 
 
+def hide_server_software(app: web.Application) -> None:
+    """No response of the bot's HTTP server names its software and versions (aiohttp
+    adds ``Server: Python/3.x aiohttp/3.x`` to every one): it only helps an attacker
+    pick exploits. Runs after aiohttp set its headers, before they are written."""
+
+    async def drop(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.popall("Server", None)
+
+    app.on_response_prepare.append(drop)
+
+
 class CallbackRoutes:
     def __init__(
         self,

@@ -31,6 +31,12 @@ Test steering lives under ``/control/`` (JSON, never faulted, never in the event
   ``GET /control/callback_answers/{id}?timeout=S`` long-polls one query until answered
 - ``GET /control/files/{file_id}`` -> the uploaded bytes
 - ``POST /control/users/{user_id}/block`` ``{blocked?: true, reason?: "blocked"|"deactivated"}``
+- ``POST /control/chats/{chat_id}/upgrade`` ``{new_chat_id?, user_id?, updates?}`` -> the
+  new supergroup: a basic group becomes a supergroup with a new id (``-100…``); the service
+  messages ``migrate_to_chat_id`` (old group) and ``migrate_from_chat_id`` (new one) are
+  delivered as updates. From then on every call naming the old id answers 400 "group chat
+  was upgraded to a supergroup chat" with ``parameters.migrate_to_chat_id``, as Telegram
+  does (aiogram: TelegramMigrateToChat)
 - ``GET /control/state``, ``POST /control/reset``, ``POST|GET|DELETE /control/faults``
 - ``POST /control/limits`` ``{enforce, global_per_second?, per_chat_per_second?,
   per_chat_burst?, group_per_minute?, group_window?, retry_after?}`` -> the limits now in
@@ -61,7 +67,8 @@ Emulator simplifications, on purpose:
   retrying for up to a day).
 - MarkdownV2/Markdown are reduced to a plain rendering with a reserved-character check;
   only HTML yields ``entities``.
-- Text limits count Python characters (code points).
+- Text limits (4,096 for texts, 1,024 for captions) count the visible text after entity
+  parsing in UTF-16 code units, as Telegram does; markup does not count.
 - Any upload is accepted as a photo; PNG/JPEG/GIF headers give the real width/height.
 """
 
@@ -309,11 +316,19 @@ def _max_in_window(times: list[float], window: float) -> int:
 class BotApiError(Exception):
     """A Bot API failure, answered as ``{"ok": false, "error_code", "description"}``."""
 
-    def __init__(self, error_code: int, description: str, *, retry_after: int | None = None):
+    def __init__(
+        self,
+        error_code: int,
+        description: str,
+        *,
+        retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
+    ):
         super().__init__(description)
         self.error_code = error_code
         self.description = description
         self.retry_after = retry_after
+        self.migrate_to_chat_id = migrate_to_chat_id
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -323,6 +338,8 @@ class BotApiError(Exception):
         }
         if self.retry_after is not None:
             body["parameters"] = {"retry_after": self.retry_after}
+        if self.migrate_to_chat_id is not None:
+            body["parameters"] = {"migrate_to_chat_id": self.migrate_to_chat_id}
         return body
 
 
@@ -647,6 +664,7 @@ class Chat:
     username: str | None = None
     is_forum: bool = False
     next_message_id: int = 1
+    migrated_to: int | None = None  # a basic group upgraded to this supergroup
 
     def to_api(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -715,6 +733,7 @@ class StoredMessage:
     edit_date: int | None = None
     deleted: bool = False
     history: list[str] = field(default_factory=list)  # earlier `plain` versions
+    service: dict[str, Any] | None = None  # a service message's fields, e.g. migrate_to_chat_id
 
     @property
     def has_media(self) -> bool:
@@ -731,6 +750,8 @@ class StoredMessage:
             body["edit_date"] = self.edit_date
         if reply_to is not None:
             body["reply_to_message"] = reply_to.to_api(chat)
+        if self.service is not None:
+            return body | self.service
         if self.has_media:
             if self.photo is not None:
                 body["photo"] = self.photo
@@ -774,6 +795,7 @@ class StoredMessage:
             "date": self.date,
             "seq": self.seq,
             "history": self.history,
+            "service": self.service,
         }
 
 
@@ -1056,6 +1078,7 @@ class TelegramEmulator:
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         c = "/control"
         app.router.add_post(f"{c}/chats", self._control_register_chat)
+        app.router.add_post(f"{c}/chats/{{chat_id}}/upgrade", self._control_upgrade_chat)
         app.router.add_get(f"{c}/chats/{{chat_id}}/messages", self._control_messages)
         app.router.add_get(f"{c}/chats/{{chat_id}}/wait", self._control_chat_wait)
         app.router.add_post(f"{c}/updates/message", self._control_message)
@@ -1206,6 +1229,12 @@ class TelegramEmulator:
             )
         if chat is None:
             raise bad_request("chat not found")
+        if chat.migrated_to is not None:
+            raise BotApiError(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                migrate_to_chat_id=chat.migrated_to,
+            )
         if check_blocked and chat.type == "private":
             user = self.users.get(chat.id)
             if user is not None and user.block_reason == "deactivated":
@@ -1472,7 +1501,7 @@ class TelegramEmulator:
         plain, entities = format_text(text, params.get("parse_mode"), params.get("entities"))
         if not plain.strip():
             raise bad_request("message text is empty")
-        if len(plain) > MAX_TEXT_LENGTH:
+        if utf16_len(plain) > MAX_TEXT_LENGTH:
             raise bad_request("message is too long")
         markup = self._checked_markup(params)
         reply_to = self._reply_target(chat, params)
@@ -1495,7 +1524,7 @@ class TelegramEmulator:
             plain, entities = format_text(
                 caption, params.get("parse_mode"), params.get("caption_entities")
             )
-            if len(plain) > MAX_CAPTION_LENGTH:
+            if utf16_len(plain) > MAX_CAPTION_LENGTH:
                 raise bad_request("message caption is too long")
         markup = self._checked_markup(params)
         reply_to = self._reply_target(chat, params)
@@ -1528,7 +1557,7 @@ class TelegramEmulator:
         plain, entities = format_text(text, params.get("parse_mode"), params.get("entities"))
         if not plain.strip():
             raise bad_request("message text is empty")
-        if len(plain) > MAX_TEXT_LENGTH:
+        if utf16_len(plain) > MAX_TEXT_LENGTH:
             raise bad_request("message is too long")
         # Quirk: an edit without reply_markup removes the inline keyboard.
         markup = self._checked_markup(params)
@@ -1555,7 +1584,7 @@ class TelegramEmulator:
             plain, entities = format_text(
                 caption, params.get("parse_mode"), params.get("caption_entities")
             )
-            if len(plain) > MAX_CAPTION_LENGTH:
+            if utf16_len(plain) > MAX_CAPTION_LENGTH:
                 raise bad_request("message caption is too long")
         markup = self._checked_markup(params)
         return self._apply_edit(
@@ -1875,6 +1904,37 @@ class TelegramEmulator:
             chat.is_forum = bool(body.get("is_forum", chat.is_forum))
             self.chats[chat_id] = chat
         return json_response(chat.to_api())
+
+    async def _control_upgrade_chat(self, request: web.Request) -> web.Response:
+        """A basic group becomes a supergroup under a new id (what an owner's "upgrade",
+        or turning on a forum or a public link, does). The old id stays answering 400.
+
+        As Telegram, both chats get a service message, delivered to the bot as updates:
+        ``migrate_to_chat_id`` in the old group, ``migrate_from_chat_id`` in the new one.
+        ``{user_id?}`` is who upgraded it (the service messages' sender);
+        ``{updates: false}`` stores them without delivering, as for a bot that missed them
+        (it was down past Telegram's 24 h, or another replica is the one sending)."""
+        old = self.chats.get(_as_int(request.match_info["chat_id"]) or 0)
+        if old is None or old.type != "group" or old.migrated_to is not None:
+            return _control_error(400, "only a registered, not yet upgraded basic group")
+        body = await _json_body(request)
+        # Telegram's supergroup ids are -100 followed by the channel id.
+        new_id = _as_int(body.get("new_chat_id")) or int(f"-100{abs(old.id)}")
+        if new_id in self.chats:
+            return _control_error(409, "new_chat_id is taken")
+        new = Chat(id=new_id, type="supergroup", title=old.title, username=old.username)
+        self.chats[new_id] = new
+        owner = self._ensure_user({}, _as_int(body.get("user_id")) or 1)
+        for chat, service in (
+            (old, {"migrate_to_chat_id": new_id}),
+            (new, {"migrate_from_chat_id": old.id}),
+        ):
+            message = self._new_message(chat, from_bot=False, sender=owner.to_api())
+            message.service, message.seq = service, self._next_seq()
+            if body.get("updates", True):
+                self._enqueue("message", self._message_api(message))
+        old.migrated_to = new_id
+        return json_response(new.to_api())
 
     async def _control_message(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

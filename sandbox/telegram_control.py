@@ -260,6 +260,19 @@ class TelegramControl(ControlClient):
         result: dict[str, Any] = await self._json("POST", "/control/chats", body=body)
         return result
 
+    async def upgrade_chat(
+        self, chat_id: int, new_chat_id: int | None = None, *, updates: bool = True
+    ) -> dict[str, Any]:
+        """Upgrade a basic group to a supergroup; returns the new chat (its ``id``).
+        ``updates=False``: the bot never sees the service messages (it missed them)."""
+        body: dict[str, Any] = {"updates": updates}
+        if new_chat_id is not None:
+            body["new_chat_id"] = new_chat_id
+        result: dict[str, Any] = await self._json(
+            "POST", f"/control/chats/{chat_id}/upgrade", body=body
+        )
+        return result
+
     async def block(self, user_id: int, blocked: bool = True, *, reason: str = "blocked") -> None:
         """``reason`` "blocked" (user blocked the bot) or "deactivated" (account deleted)."""
         await self._request(

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Order, OrderEvent, OrderStatus, Payment, User
+from db.models import MAX_ROW_ID, Order, OrderEvent, OrderStatus, Payment, User
 from services.clock import utcnow
 
 ZERO = Decimal("0.00")
@@ -170,6 +170,8 @@ class AdminService:
         )
 
     async def order_view(self, order_id: int) -> OrderView | None:
+        if not 0 < order_id <= MAX_ROW_ID:
+            return None
         async with self.sessions() as session:
             order = await session.get(Order, order_id)
             if order is None:
@@ -192,6 +194,8 @@ class AdminService:
     # ------------------------------------------------------------- actions
     async def retry(self, order_id: int, admin_id: int) -> ActionResult:
         """Back to `paid` with a fresh attempt budget; the caller kicks fulfilment."""
+        if not 0 < order_id <= MAX_ROW_ID:
+            return ActionResult(ActionOutcome.NOT_FOUND)
         async with self.sessions() as session, session.begin():
             order = await session.get(Order, order_id)
             if order is None:
@@ -215,6 +219,8 @@ class AdminService:
 
     async def refund(self, order_id: int, admin_id: int, note: str) -> ActionResult:
         """Record that the operator refunded the buyer by hand (no crypto moves here)."""
+        if not 0 < order_id <= MAX_ROW_ID:
+            return ActionResult(ActionOutcome.NOT_FOUND)
         async with self.sessions() as session, session.begin():
             order = await session.get(Order, order_id)
             if order is None:

@@ -32,8 +32,14 @@ def dumps(payload: Any) -> str:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON keeping every number with a fraction as Decimal."""
-    return json.loads(raw, parse_float=Decimal)
+    """Parse JSON keeping every number with a fraction as Decimal.
+
+    Malformed JSON raises ValueError, and so does JSON nested deeper than Python's
+    recursion limit (``[[[[…]]]]`` fits thousands of levels into a few kilobytes)."""
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def jsonable(value: Any) -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
 from locales import translator
+from services.admin_chat import AdminChat
 
 # The key is never written to the outbox: the sender puts it in at send time.
 API_KEY_SLOT = "\u27e6API_KEY\u27e7"
@@ -20,18 +21,22 @@ API_KEY_SLOT = "\u27e6API_KEY\u27e7"
 class Notifier:
     def __init__(
         self,
-        admin_chat_id: int | None,
+        admin_chat: AdminChat,
         admin_language: str = "en",
         *,
         order_button: Callable[[int], str] | None = None,
         recheck_button: str | None = None,
     ) -> None:
-        self.admin_chat_id = admin_chat_id
+        self.admin_chat = admin_chat
         self.admin_language = admin_language
         # Callback data of the admins' "🔎 Order #N" button (packed by the bot layer).
         self.order_button = order_button
         # Callback data of the admins' "🔄 Re-check balance" button under funds alerts.
         self.recheck_button = recheck_button
+
+    @property
+    def admin_chat_id(self) -> int | None:
+        return self.admin_chat.id
 
     async def user(
         self,
@@ -75,7 +80,8 @@ class Notifier:
         """Queue an alert for the admin group; one about an order gets a one-tap button
         that opens the order's status and timeline, one about missing funds (``recheck``)
         a button that re-measures the balance and resumes waiting orders."""
-        if self.admin_chat_id is None:
+        admin_chat_id = self.admin_chat_id
+        if admin_chat_id is None:
             return
         t = translator(self.admin_language)
         row: list[dict[str, str]] = []
@@ -88,7 +94,7 @@ class Notifier:
         payload = {"buttons": [row]} if row else None
         await repo.add_outbox(
             session,
-            chat_id=self.admin_chat_id,
+            chat_id=admin_chat_id,
             text=t(key, **params),
             dedupe_key=dedupe,
             payload=payload,

@@ -186,10 +186,10 @@ def test_require_for_production_names_the_first_missing_setting(
     assert str(error.value) == f"{missing} is required but not set"
 
 
-def test_nothing_set_names_bot_token_first() -> None:
+def test_nothing_set_lists_every_missing_setting_one_line_each() -> None:
     with pytest.raises(ConfigError) as error:
         load_settings().require_for_production()
-    assert str(error.value) == "BOT_TOKEN is required but not set"
+    assert error.value.problems == [f"{name} is required but not set" for name in PRODUCTION]
 
 
 def test_empty_secret_counts_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,7 +216,10 @@ def test_webhook_mode_requires_its_url_and_secret(monkeypatch: pytest.MonkeyPatc
     set_env(monkeypatch, {**PRODUCTION, "TELEGRAM_MODE": "webhook"})
     with pytest.raises(ConfigError) as error:
         load_settings().require_for_production()
-    assert str(error.value) == "TELEGRAM_WEBHOOK_URL is required but not set"
+    assert error.value.problems == [
+        "TELEGRAM_WEBHOOK_URL is required but not set",
+        "TELEGRAM_WEBHOOK_SECRET is required but not set",
+    ]
     monkeypatch.setenv("TELEGRAM_WEBHOOK_URL", "https://bot.example.com/tg")
     with pytest.raises(ConfigError) as error:
         load_settings().require_for_production()
@@ -245,14 +248,114 @@ def test_min_order_above_max_order_is_refused(monkeypatch: pytest.MonkeyPatch) -
     assert str(error.value).startswith("MIN_ORDER_USD ")
 
 
+# ------------------------------------------------------- honest settings (issue 10)
+def test_empty_values_from_env_example_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # .env.example copied as it is: every value left empty.
+    (Path.cwd() / ".env").write_text((REPO / ".env.example").read_text())
+    s = load_settings()
+    assert s.admin_chat_id is None and s.bot_token is None and s.public_base_url is None
+    with pytest.raises(ConfigError) as error:
+        load_settings(production=True)
+    assert error.value.problems == [f"{name} is required but not set" for name in PRODUCTION]
+    # The same rule for values passed in code.
+    assert load_settings(public_base_url=" ", bot_token="").public_base_url is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PUBLIC_BASE_URL", "bot.example.com"),
+        ("PUBLIC_BASE_URL", "ftp://bot.example.com"),
+        ("TELEGRAM_WEBHOOK_URL", "https://"),
+        ("TELEGRAM_API_BASE", "api.telegram.org"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "postgresql://u@h/db"),  # a sync driver: no traceback later
+        ("DATABASE_URL", "mysql+aiomysql://u@h/db"),
+        ("ENCRYPTION_KEY", "my-secret-passphrase"),
+    ],
+)
+def test_malformed_urls_database_and_key_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    set_env(monkeypatch, {**PRODUCTION, name: value})
+    with pytest.raises(ConfigError) as error:
+        load_settings(production=True)
+    assert len(error.value.problems) == 1, error.value.problems
+    assert error.value.problems[0].startswith(f"{name} is malformed: ")
+    if name == "ENCRYPTION_KEY":
+        assert value not in str(error.value)  # a secret is never echoed
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://bot.example.com/telegram/webhook", True),
+        ("http://127.0.0.1:8080/telegram/webhook", True),  # a local Bot API server
+        ("http://localhost/telegram/webhook", True),
+        ("http://bot.example.com/telegram/webhook", False),
+    ],
+)
+def test_webhook_url_must_be_https_unless_loopback(
+    monkeypatch: pytest.MonkeyPatch, url: str, ok: bool
+) -> None:
+    set_env(
+        monkeypatch,
+        {**PRODUCTION, "TELEGRAM_MODE": "webhook", "TELEGRAM_WEBHOOK_SECRET": "s"},
+    )
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_URL", url)
+    if ok:
+        load_settings(production=True)
+        return
+    with pytest.raises(ConfigError) as error:
+        load_settings(production=True)
+    assert error.value.problems == [
+        f"TELEGRAM_WEBHOOK_URL must be https:// (Telegram posts only to HTTPS), got {url!r}"
+    ]
+
+
+def test_every_problem_is_listed_in_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        {
+            "BOT_TOKEN": "123:abc",
+            "ADMIN_CHAT_ID": "minus one",
+            "DATABASE_URL": "mysql://x",
+            "ENCRYPTION_KEY": "short",
+            "TELEGRAM_MODE": "webhook",
+            "TELEGRAM_WEBHOOK_URL": "",
+            "WEB_PORT": "99999",
+        },
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings(production=True)
+    names = [p.split(" ", 1)[0] for p in error.value.problems]
+    assert names == [
+        "ADMIN_CHAT_ID",
+        "DATABASE_URL",
+        "WEB_PORT",
+        "ENCRYPTION_KEY",
+        "OPENROUTER_MANAGEMENT_KEY",
+        "PUBLIC_BASE_URL",
+        "KRYPTO_EXPRESS_API_KEY",
+        "KRYPTO_EXPRESS_CALLBACK_SECRET",
+        "TELEGRAM_WEBHOOK_URL",
+        "TELEGRAM_WEBHOOK_SECRET",
+    ], error.value.problems
+    # A malformed setting is named once, as malformed, not also as missing.
+    assert "ADMIN_CHAT_ID is malformed" in error.value.problems[0]
+
+
 # --------------------------------------------------------------------- start-up
-def test_run_py_without_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
+def _run_py(
+    tmp_path: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         "PYTHONPATH": str(REPO),
+        **(extra or {}),
     }
-    result = subprocess.run(  # noqa: S603 - our own interpreter and script, no shell
+    return subprocess.run(  # noqa: S603 - our own interpreter and script, no shell
         [sys.executable, str(REPO / "run.py")],
         cwd=tmp_path,
         env=env,
@@ -261,8 +364,43 @@ def test_run_py_without_configuration_exits_2_with_one_line(tmp_path: Path) -> N
         timeout=60,
         check=False,
     )
+
+
+def test_run_py_without_configuration_lists_each_missing_setting(tmp_path: Path) -> None:
+    result = _run_py(tmp_path)
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "BOT_TOKEN" in lines[0]
+    assert result.stderr.splitlines() == [
+        f"config error: {name} is required but not set" for name in PRODUCTION
+    ]
+
+
+def test_run_py_with_bad_values_prints_one_line_each_and_no_traceback(tmp_path: Path) -> None:
+    # .env.example copied and filled in carelessly: empty webhook URL in webhook mode,
+    # a passphrase for ENCRYPTION_KEY, a synchronous database driver.
+    (tmp_path / ".env").write_text(
+        (REPO / ".env.example").read_text()
+        + "\nBOT_TOKEN=123:abc\nADMIN_CHAT_ID=-100123\nTELEGRAM_MODE=webhook\n"
+        "TELEGRAM_WEBHOOK_SECRET=s\nOPENROUTER_MANAGEMENT_KEY=k\nPUBLIC_BASE_URL=https://b.example\n"
+        "KRYPTO_EXPRESS_API_KEY=k\nKRYPTO_EXPRESS_CALLBACK_SECRET=s\n"
+        "ENCRYPTION_KEY=correct horse battery staple\nDATABASE_URL=postgresql://u@db/bot\n"
+    )
+    result = _run_py(tmp_path)
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(" ")[2] for line in lines] == [
+        "DATABASE_URL",
+        "ENCRYPTION_KEY",
+        "TELEGRAM_WEBHOOK_URL",
+    ], lines
+    assert all(line.startswith("config error: ") for line in lines)
+    assert "staple" not in result.stderr
+
+
+async def test_webhook_mode_without_url_never_calls_set_webhook(tmp_path: Path) -> None:
+    # setWebhook with an empty url removes the webhook: the app refuses to start instead.
+    from tests.harness import running_env
+
+    with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_URL"):
+        async with running_env(tmp_path, telegram_mode="webhook", telegram_webhook_url=None):
+            pass

@@ -17,6 +17,7 @@ from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramConflictError,
     TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
@@ -33,7 +34,7 @@ from aiohttp import web
 
 from sandbox.common import Served
 from sandbox.telegram import EntityParseError, TelegramEmulator, parse_html, parse_markdown_v2
-from sandbox.telegram_control import TelegramControl, render_transcript
+from sandbox.telegram_control import TelegramControl, TelegramControlError, render_transcript
 
 TOKEN = "123456:TEST-sandbox-token"
 USER = 777001
@@ -387,3 +388,58 @@ def test_markdown_v2_plain_rendering_and_reserved_characters() -> None:
     assert parse_markdown_v2(r"*Total:* 1\.50 \$ [docs](https://x.y)") == "Total: 1.50 $ docs"
     with pytest.raises(EntityParseError, match=r"Character '\.' is reserved"):
         parse_markdown_v2("Total: 1.50")
+
+
+# ----------------------------------------------------- group upgrade, length limits (issue 10)
+async def test_upgraded_group_answers_migrate_to_chat_id(
+    served: Served, bot: Bot, tg: TelegramControl
+) -> None:
+    await tg.register_chat(-4001, "group", title="Admins")
+    assert (await bot.send_message(-4001, "before")).chat.type == "group"
+    new = await tg.upgrade_chat(-4001)
+    assert new["id"] == -1004001 and new["type"] == "supergroup"
+    # Both chats get a service message, delivered to the bot as updates.
+    updates = await bot.get_updates()
+    moves = [
+        (u.message.chat.id, u.message.migrate_to_chat_id, u.message.migrate_from_chat_id)
+        for u in updates
+        if u.message is not None
+    ]
+    assert moves == [(-4001, -1004001, None), (-1004001, None, -4001)]
+    # The raw answer has Telegram's shape (telegram-bot-api Client.cpp fail_query).
+    async with httpx.AsyncClient() as http:
+        raw = await http.post(
+            f"{served.url}/bot{TOKEN}/sendMessage", json={"chat_id": -4001, "text": "x"}
+        )
+    assert raw.status_code == 400
+    assert raw.json() == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: group chat was upgraded to a supergroup chat",
+        "parameters": {"migrate_to_chat_id": -1004001},
+    }
+    with pytest.raises(TelegramMigrateToChat) as caught:
+        await bot.send_message(-4001, "after")
+    assert caught.value.migrate_to_chat_id == -1004001
+    assert (await bot.send_message(-1004001, "after")).chat.type == "supergroup"
+    # Only a basic group upgrades, and only once.
+    with pytest.raises(TelegramControlError):
+        await tg.upgrade_chat(-4001)
+
+
+async def test_text_limits_count_visible_utf16_units(bot: Bot, tg: TelegramControl) -> None:
+    await tg.send_text(USER, "hi")
+    # Markup does not count: 4,096 visible characters inside tags go through.
+    sent = await bot.send_message(USER, "<b>" + "x" * 4096 + "</b>", parse_mode="HTML")
+    assert sent.text is not None and len(sent.text) == 4096
+    # An entity reference is one character once parsed.
+    await bot.send_message(USER, "&lt;" * 4096, parse_mode="HTML")
+    # Outside the BMP a character is two UTF-16 code units: 2,049 emoji are 4,098.
+    await bot.send_message(USER, "😀" * 2048)
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.send_message(USER, "😀" * 2049)
+    with pytest.raises(TelegramBadRequest, match="message caption is too long"):
+        await bot.send_photo(USER, BufferedInputFile(tiny_png(), "p.png"), caption="😀" * 513)
+    await bot.send_photo(USER, BufferedInputFile(tiny_png(), "p.png"), caption="😀" * 512)
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.edit_message_text("😀" * 2049, chat_id=USER, message_id=sent.message_id)
