@@ -7,8 +7,6 @@ to silence (the other routers ignore groups).
 
 from __future__ import annotations
 
-import html
-
 from aiogram.filters import BaseFilter, Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
@@ -150,7 +148,7 @@ async def refund(
                 "admin_cmd.refund_done",
                 order_id=order_id,
                 previous=result.status,
-                note=html.escape(note[:1000]),
+                note=note[:1000],
             )
         )
 
@@ -160,7 +158,7 @@ async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
     try:
         figures = await admin_ops.balance()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await message.answer(t("admin_cmd.openrouter_error", error=str(exc)))
         return
     await message.answer(f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
 
@@ -170,6 +168,6 @@ async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> Non
     try:
         report = await admin_ops.reconcile()
     except ExternalError as exc:
-        await message.answer(t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await message.answer(t("admin_cmd.openrouter_error", error=str(exc)))
         return
     await message.answer(render_reconciliation(t, report))

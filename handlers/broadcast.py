@@ -6,8 +6,6 @@ and to silence in groups, so the command's existence leaks nothing.
 
 from __future__ import annotations
 
-import html
-
 from aiogram import F
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
@@ -17,7 +15,7 @@ from bot.filters import IsAdmin
 from bot.settings import Settings
 from handlers.spec import RouterSpec
 from handlers.util import show
-from locales import Translator
+from locales import Markup, Translator, escape
 from services.broadcast import BroadcastService
 
 
@@ -46,8 +44,9 @@ async def broadcast_command(
     if not text or message.from_user is None:
         await message.answer(t("broadcast.usage"))
         return
-    # Parse mode is HTML: the admin's text goes out exactly as typed.
-    draft = await broadcasts.draft(message.from_user.id, html.escape(text))
+    # The broadcast is stored as the HTML it is sent as: the admin's text, escaped so
+    # that it goes out exactly as typed.
+    draft = await broadcasts.draft(message.from_user.id, escape(text))
     if draft.recipients == 0:
         await broadcasts.cancel(draft.id)
         await message.answer(t("broadcast.nobody"))
@@ -67,7 +66,7 @@ async def broadcast_command(
         ]
     )
     await message.answer(
-        t("broadcast.preview", text=draft.text, count=draft.recipients), reply_markup=markup
+        t("broadcast.preview", text=Markup(draft.text), count=draft.recipients), reply_markup=markup
     )
 
 

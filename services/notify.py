@@ -49,7 +49,7 @@ class Notifier:
         payload = dict(payload or {})
         if buttons:
             payload["buttons"] = [
-                [{"text": t(label), "callback_data": data} for label, data in row]
+                [{"text": t.plain(label), "callback_data": data} for label, data in row]
                 for row in buttons
             ]
         await repo.add_outbox(
@@ -71,7 +71,7 @@ class Notifier:
         payload = None
         order_id = params.get("order_id")
         if self.order_button is not None and isinstance(order_id, int):
-            label = t("admin.open_order", order_id=order_id)
+            label = t.plain("admin.open_order", order_id=order_id)
             payload = {"buttons": [[{"text": label, "callback_data": self.order_button(order_id)}]]}
         await repo.add_outbox(
             session,
