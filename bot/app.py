@@ -25,7 +25,7 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.middlewares import UserContextMiddleware
+from bot.middlewares import LateCallbackAnswers, UserContextMiddleware
 from bot.settings import Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
@@ -160,8 +160,13 @@ class BotApp:
             admin=self.admin,
             admin_ops=self.admin_ops,
         )
+        self.bot.session.middleware(LateCallbackAnswers())
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
+        # The update types some handler uses, asked for in polling and webhook mode alike:
+        # Telegram then sends exactly what the bot handles (my_chat_member included). A
+        # webhook set without the list would keep whatever list an earlier setWebhook gave.
+        self.allowed_updates = self.dp.resolve_used_update_types()
 
         self.outbox = OutboxSender(self.sessions, self.bot, self.vault)
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
@@ -250,6 +255,7 @@ class BotApp:
             await self.bot.set_webhook(
                 str(self.settings.telegram_webhook_url),
                 secret_token=_secret(self.settings.telegram_webhook_secret),
+                allowed_updates=self.allowed_updates,
                 drop_pending_updates=False,
             )
         elif polling:
@@ -259,6 +265,7 @@ class BotApp:
                     handle_signals=False,
                     close_bot_session=False,
                     polling_timeout=20,
+                    allowed_updates=self.allowed_updates,
                 )
             )
         # Anything paid but not delivered before a restart is picked up now.
@@ -320,7 +327,9 @@ class BotApp:
         try:
             for language in LANGUAGES:
                 t = translator(language)
-                commands = [BotCommand(command=c, description=t(f"commands.{c}")) for c in COMMANDS]
+                commands = [
+                    BotCommand(command=c, description=t.plain(f"commands.{c}")) for c in COMMANDS
+                ]
                 await self.bot.set_my_commands(
                     commands, language_code=None if language == "en" else language
                 )

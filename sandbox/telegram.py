@@ -1635,13 +1635,11 @@ class TelegramEmulator:
 
     async def _answer_callback_query(self, params: dict[str, Any], ctx: _CallContext) -> bool:
         query = self.callbacks.get(str(params.get("callback_query_id") or ""))
-        if (
-            query is None
-            or query.answered
-            or time.monotonic() - query.created > self.callback_max_age
-        ):
+        if query is None:
             raise bad_request(QUERY_TOO_OLD)
-        ctx.chat_id, ctx.message_id = query.chat_id, query.message_id
+        ctx.chat_id, ctx.message_id = query.chat_id, query.message_id  # refusals too
+        if query.answered or time.monotonic() - query.created > self.callback_max_age:
+            raise bad_request(QUERY_TOO_OLD)
         text = params.get("text")
         if text is not None and len(str(text)) > 200:
             raise bad_request("MESSAGE_TOO_LONG")
