@@ -433,6 +433,9 @@ async def test_callback_query_answered_too_late_is_refused(bot: Bot, tg: Telegra
         "Bad Request: query is too old and response timeout expired or query ID is invalid"
     )
     assert (await tg.callback_answers())[-1]["callback_query_id"] == fresh["callback_query_id"]
+    # The refusal is logged against the chat, so a test of the bot can find it there.
+    answers = [e for e in await tg.events(chat_id=USER) if e["method"] == "answerCallbackQuery"]
+    assert [e["ok"] for e in answers] == [True, False]
 
 
 async def test_callback_max_age_is_reset_to_telegrams_default(
