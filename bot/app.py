@@ -27,7 +27,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.callbacks import AdminFundsCb
-from bot.middlewares import LogContextMiddleware, UserContextMiddleware
+from bot.middlewares import LateCallbackAnswers, LogContextMiddleware, UserContextMiddleware
 from bot.settings import ConfigError, Settings
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
@@ -170,9 +170,14 @@ class BotApp:
             admin_ops=self.admin_ops,
             admin_chat=self.admin_chat,
         )
+        self.bot.session.middleware(LateCallbackAnswers())
         self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
         self.dp.include_routers(*routers())
+        # The update types some handler uses, asked for in polling and webhook mode alike:
+        # Telegram then sends exactly what the bot handles (my_chat_member included). A
+        # webhook set without the list would keep whatever list an earlier setWebhook gave.
+        self.allowed_updates = self.dp.resolve_used_update_types()
 
         self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
@@ -279,6 +284,7 @@ class BotApp:
             await self.bot.set_webhook(
                 self.settings.telegram_webhook_url,
                 secret_token=_secret(self.settings.telegram_webhook_secret),
+                allowed_updates=self.allowed_updates,
                 drop_pending_updates=False,
             )
         elif polling:
@@ -288,6 +294,7 @@ class BotApp:
                     handle_signals=False,
                     close_bot_session=False,
                     polling_timeout=20,
+                    allowed_updates=self.allowed_updates,
                 )
             )
         # Anything paid but not delivered before a restart is picked up now.
@@ -349,7 +356,9 @@ class BotApp:
         try:
             for language in LANGUAGES:
                 t = translator(language)
-                commands = [BotCommand(command=c, description=t(f"commands.{c}")) for c in COMMANDS]
+                commands = [
+                    BotCommand(command=c, description=t.plain(f"commands.{c}")) for c in COMMANDS
+                ]
                 await self.bot.set_my_commands(
                     commands, language_code=None if language == "en" else language
                 )

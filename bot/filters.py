@@ -11,12 +11,28 @@ from services.admin_chat import AdminChat
 
 
 class IsAdmin(BaseFilter):
-    """Only ADMIN_IDS pass; anyone else's admin command falls through to the ordinary
-    handlers, which answer as they would to any unknown text (nothing useful leaks)."""
+    """Only ADMIN_IDS pass, and anonymous admins of the admin group; anyone else's admin
+    command falls through to the ordinary handlers, which answer as they would to any
+    unknown text (nothing useful leaks)."""
 
-    async def __call__(self, event: Message | CallbackQuery, settings: Settings) -> bool:
+    async def __call__(
+        self, event: Message | CallbackQuery, settings: Settings, admin_chat: AdminChat
+    ) -> bool:
+        if isinstance(event, Message) and _on_behalf_of_admin_group(event, admin_chat):
+            return True
         user = event.from_user
         return user is not None and user.id in settings.admin_ids
+
+
+def _on_behalf_of_admin_group(message: Message, admin_chat: AdminChat) -> bool:
+    """An admin of the admin group who writes anonymously: Telegram hides who it is
+    (``from`` is @GroupAnonymousBot) and sets ``sender_chat`` to the group itself. Only
+    the group's administrators can do that, so the group's word is an admin's word.
+    The group's id is the one in use now (``AdminChat`` follows a supergroup upgrade)."""
+    sender = message.sender_chat
+    return (
+        sender is not None and sender.id == message.chat.id and admin_chat.is_admin_chat(sender.id)
+    )
 
 
 class AdminPlace(BaseFilter):

@@ -1,4 +1,5 @@
-"""Inline keyboards. Labels come from the locale; data from bot.callbacks."""
+"""Inline keyboards. Labels come from the locale (as plain text: Telegram shows button
+labels verbatim); data from bot.callbacks."""
 
 from __future__ import annotations
 
@@ -27,16 +28,18 @@ def packages(t: Translator, model: ModelPrice, items: list[Package]) -> InlineKe
     kb = InlineKeyboardBuilder()
     for item in items:
         kb.button(
-            text=t(
+            text=t.plain(
                 "buy.package_button",
-                name=t(f"package.{item.name}"),
+                name=t.plain(f"package.{item.name}"),
                 tokens=format_tokens(item.quote.tokens),
                 price=format_usd(item.quote.total_usd),
             ),
             callback_data=PackageCb(tokens=item.quote.tokens),
         )
     kb.button(text=t("buy.custom_button"), callback_data=MenuCb(action="custom"))
-    kb.button(text=t("buy.model_button", name=model.name), callback_data=MenuCb(action="models"))
+    kb.button(
+        text=t.plain("buy.model_button", name=model.name), callback_data=MenuCb(action="models")
+    )
     kb.button(text=t("common.back"), callback_data=MenuCb(action="home"))
     kb.adjust(1)
     return kb.as_markup()

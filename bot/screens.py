@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import html
 from datetime import datetime, timedelta
 
-from locales import Translator
+from locales import Markup, Translator
 from processing.payments import PaymentCheck
 from services.clock import format_utc, utcnow
 from services.money import format_crypto, format_tokens, format_usd
@@ -19,7 +18,7 @@ def when(moment: datetime | None) -> str:
 
 
 def packages(t: Translator, model: ModelPrice, bounds: Bounds | None) -> str:
-    text = t("buy.packages", model=html.escape(model.name))
+    text = t("buy.packages", model=model.name)
     if bounds is not None:
         text += "\n\n" + t(
             "buy.range",
@@ -49,7 +48,7 @@ def quote(t: Translator, q: QuoteView, markup_percent: str) -> str:
     )
     return t(
         "quote.text",
-        model=html.escape(q.model_name),
+        model=q.model_name,
         tokens=format_tokens(q.tokens),
         base=format_usd(q.base_usd),
         markup_percent=markup_percent,
@@ -67,8 +66,8 @@ def payment(t: Translator, order: OrderView) -> str:
         order_id=order.id,
         amount=format_crypto(order.crypto_amount, order.asset),
         asset=order.asset,
-        network=html.escape(order.network or ""),
-        address=html.escape(order.address),
+        network=order.network or "",
+        address=order.address,
         total=format_usd(order.total_usd),
         expires=when(order.expires_at),
     )
@@ -96,7 +95,7 @@ def order_line(t: Translator, order: OrderView) -> str:
         "orders.line",
         order_id=order.id,
         tokens=format_tokens(order.tokens),
-        model=html.escape(order.model),
+        model=order.model,
         total=format_usd(order.total_usd),
         status=t(f"status.{order.status.value}"),
         date=when(order.created_at),
@@ -106,12 +105,12 @@ def order_line(t: Translator, order: OrderView) -> str:
 def orders(t: Translator, items: list[OrderView]) -> str:
     if not items:
         return t("orders.empty")
-    return t("orders.title") + "\n\n" + "\n".join(order_line(t, o) for o in items)
+    return t("orders.title") + "\n\n" + Markup("\n").join(order_line(t, o) for o in items)
 
 
 def quota(t: Translator, q: QuotaView) -> str:
     tokens = (
-        t("quota.tokens", tokens=format_tokens(q.remaining_tokens), model=html.escape(q.model))
+        t("quota.tokens", tokens=format_tokens(q.remaining_tokens), model=q.model)
         if q.remaining_tokens is not None
         else ""
     )

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from handlers import admin, broadcast, buy, common, errors, language, menu, orders, quota, settings
+from handlers import (
+    admin,
+    broadcast,
+    buy,
+    common,
+    errors,
+    language,
+    membership,
+    menu,
+    orders,
+    quota,
+    settings,
+)
 
 
 def routers() -> list[Router]:
@@ -12,6 +24,7 @@ def routers() -> list[Router]:
     flow so it can leave any step; the fallback comes last."""
     specs = [
         errors.router,
+        membership.router,
         common.router,
         menu.router,
         buy.router,

@@ -7,7 +7,6 @@ to silence (the other routers ignore groups).
 
 from __future__ import annotations
 
-import html
 import re
 
 from aiogram import F
@@ -131,7 +130,7 @@ async def recheck_funds(callback: CallbackQuery, t: Translator, admin_ops: Admin
     try:
         text = render_recheck(t, await admin_ops.recheck_funds())
     except ExternalError as exc:  # OpenRouter down, or the funds lease busy: say so
-        text = t("admin_cmd.openrouter_error", error=html.escape(str(exc)))
+        text = t("admin_cmd.openrouter_error", error=str(exc))
     if isinstance(callback.message, Message):
         await callback.message.answer(text)
 
@@ -187,7 +186,7 @@ async def refund(
                 "admin_cmd.refund_done",
                 order_id=order_id,
                 previous=result.status,
-                note=html.escape(note[:1000]),
+                note=note[:1000],
             ),
         )
 
@@ -197,7 +196,7 @@ async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
     try:
         figures = await admin_ops.balance()
     except ExternalError as exc:
-        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=str(exc)))
         return
     await answer_long(message, f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
 
@@ -207,6 +206,6 @@ async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> Non
     try:
         report = await admin_ops.reconcile()
     except ExternalError as exc:
-        await answer_long(message, t("admin_cmd.openrouter_error", error=html.escape(str(exc))))
+        await answer_long(message, t("admin_cmd.openrouter_error", error=str(exc)))
         return
     await answer_long(message, render_reconciliation(t, report))

@@ -6,8 +6,6 @@ and to silence in groups, so the command's existence leaks nothing.
 
 from __future__ import annotations
 
-import html
-
 from aiogram import F
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
@@ -17,7 +15,7 @@ from bot.callbacks import RowId
 from bot.filters import AdminPlace, ForgedData, IsAdmin
 from handlers.spec import RouterSpec
 from handlers.util import answer_long, show
-from locales import Translator
+from locales import Markup, Translator, escape
 from services.broadcast import BroadcastService
 from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
@@ -38,8 +36,9 @@ async def broadcast_command(
     if not text or message.from_user is None:
         await message.answer(t("broadcast.usage"))
         return
-    # Parse mode is HTML: the admin's text goes out exactly as typed.
-    body = html.escape(text)
+    # The broadcast is stored as the HTML it is sent as: the admin's text, escaped so
+    # that it goes out exactly as typed.
+    body = escape(text)
     # Each buyer gets it as one message, so it must fit one (a Telegram client caps the
     # command itself at 4,096 too; the preview is split instead, see answer_long).
     if telegram_length(body) > MAX_MESSAGE_LENGTH:
@@ -67,7 +66,7 @@ async def broadcast_command(
         ]
     )
     await answer_long(
-        message, t("broadcast.preview", text=draft.text, count=draft.recipients), markup
+        message, t("broadcast.preview", text=Markup(draft.text), count=draft.recipients), markup
     )
 
 

@@ -26,9 +26,9 @@ class SettingsCb(CallbackData, prefix="st"):
 def _keyboard(t: Translator, prefs: Preferences) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     for preference in Preference:
-        mark = t("settings.on") if prefs.enabled(preference) else t("settings.off")
+        mark = t.plain("settings.on" if prefs.enabled(preference) else "settings.off")
         kb.button(
-            text=t(f"settings.{preference.value}", mark=mark),
+            text=t.plain(f"settings.{preference.value}", mark=mark),
             callback_data=SettingsCb(toggle=preference.value),
         )
     kb.button(text=t("common.menu"), callback_data=MenuCb(action="home"))

@@ -34,6 +34,9 @@ class RouterSpec:
     def callback_query(self, *filters: Any) -> Callable[[Handler], Handler]:
         return self._record("callback_query", filters)
 
+    def my_chat_member(self, *filters: Any) -> Callable[[Handler], Handler]:
+        return self._record("my_chat_member", filters)
+
     def error(self, *filters: Any) -> Callable[[Handler], Handler]:
         return self._record("errors", filters)
 
@@ -43,6 +46,7 @@ class RouterSpec:
             # Buyers talk to the bot only in private; group chats belong to the admins.
             router.message.filter(F.chat.type == "private")
             router.callback_query.filter(F.message.chat.type == "private")
+            router.my_chat_member.filter(F.chat.type == "private")
         for observer, filters, handler in self._handlers:
             getattr(router, observer).register(handler, *filters)
         return router

@@ -1,8 +1,16 @@
 """Every user-visible string, per language, in ``locales/<lang>.toml``.
 
-Keys are dotted (``menu.ai_tokens``); values are ``str.format`` templates. The
-catalogue is plain TOML rather than gettext so there is no compile step and a test
-can check that every language has every key with the same placeholders.
+Keys are dotted (``menu.ai_tokens``); values are ``str.format`` templates written in
+Telegram's HTML. The catalogue is plain TOML rather than gettext so there is no compile
+step and a test can check that every language has every key with the same placeholders.
+
+Escaping happens here, once: every parameter is HTML-escaped when it is put into a
+template (a buyer called ``Tom & <Jerry>`` is text, never markup, and Telegram refuses
+a message with a stray ``<``). A rendered template is ``Markup`` — safe HTML — so it can
+be a parameter of another template unchanged; anything else that is already safe HTML
+must be wrapped in ``Markup`` by the caller, where the reason is visible. Places that
+Telegram does not parse as HTML (button labels, callback alerts, command descriptions)
+use ``Translator.plain``.
 """
 
 from __future__ import annotations
@@ -12,6 +20,20 @@ import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from markupsafe import Markup, escape
+
+__all__ = [
+    "DEFAULT_LANGUAGE",
+    "LANGUAGES",
+    "Markup",
+    "Translator",
+    "catalog",
+    "escape",
+    "normalize_language",
+    "placeholders",
+    "translator",
+]
 
 LOCALES_DIR = Path(__file__).resolve().parent
 DEFAULT_LANGUAGE = "en"
@@ -65,13 +87,24 @@ class Translator:
         self._texts = catalog(self.language)
         self._fallback = catalog(DEFAULT_LANGUAGE)
 
-    def __call__(self, key: str, **params: Any) -> str:
-        template = self._texts.get(key) or self._fallback.get(key)
+    def _template(self, key: str) -> str | None:
+        return self._texts.get(key) or self._fallback.get(key)
+
+    def __call__(self, key: str, **params: Any) -> Markup:
+        """The template as Telegram HTML, each parameter escaped unless it is ``Markup``."""
+        template = self._template(key)
+        if template is None:
+            return escape(key)
+        # The template itself is ours (the catalogue), so it is trusted HTML.
+        return Markup(template).format(**params)  # noqa: S704
+
+    def plain(self, key: str, **params: Any) -> str:
+        """The template as plain text, for what Telegram shows verbatim (button labels,
+        callback alerts, command descriptions): parameters are not escaped."""
+        template = self._template(key)
         if template is None:
             return key
-        return (
-            template.format(**params) if params else template.replace("{{", "{").replace("}}", "}")
-        )
+        return template.format(**params)
 
     def has(self, key: str) -> bool:
         return key in self._texts or key in self._fallback

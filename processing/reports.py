@@ -10,7 +10,6 @@ HTTP call: read (close) → call out → write (commit).
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -349,7 +348,7 @@ class AdminOps:
         try:
             balance_text = render_balance(t, await self.balance())
         except ExternalError as exc:
-            balance_text = t("admin_report.balance_unavailable", error=html.escape(str(exc)))
+            balance_text = t("admin_report.balance_unavailable", error=str(exc))
         text = "\n\n".join(
             [
                 t(
@@ -446,7 +445,7 @@ def render_mismatch(t: Translator, mismatch: Mismatch) -> str:
 
 
 def render_reconciliation(t: Translator, report: Reconciliation) -> str:
-    lines = [
+    lines: list[str] = [
         t(
             "admin_cmd.reconcile_title",
             orders=report.orders_checked,
@@ -458,9 +457,7 @@ def render_reconciliation(t: Translator, report: Reconciliation) -> str:
     else:
         lines.append(t("admin_cmd.reconcile_clean"))
     if report.unchecked:
-        lines.append(
-            t("admin_cmd.reconcile_unchecked", items=html.escape("; ".join(report.unchecked)))
-        )
+        lines.append(t("admin_cmd.reconcile_unchecked", items="; ".join(report.unchecked)))
     return "\n".join(lines)
 
 
@@ -469,9 +466,9 @@ def render_order(t: Translator, view: OrderView, timezone: str) -> str:
     zone = ZoneInfo(timezone)
     who = str(order.user_id)
     if user is not None and user.username:
-        who += f" @{html.escape(user.username)}"
+        who += f" @{user.username}"
     elif user is not None and user.first_name:
-        who += f" ({html.escape(user.first_name)})"
+        who += f" ({user.first_name})"
     crypto = (
         f"{format_crypto(order.crypto_amount, order.asset)} {order.crypto_code or order.asset}"
         if order.crypto_amount is not None
@@ -483,22 +480,22 @@ def render_order(t: Translator, view: OrderView, timezone: str) -> str:
             order_id=order.id,
             status=order.status,
             user=who,
-            model=html.escape(order.model),
+            model=order.model,
             tokens=format_tokens(order.tokens),
             base=format_usd(order.base_usd),
             markup=format_usd(order.markup_usd),
             total=format_usd(order.total_usd),
             crypto=crypto,
             provider=order.provider or "—",
-            payment_id=html.escape(order.provider_payment_id or "—"),
-            payment_hash=html.escape(order.provider_hash or "—"),
+            payment_id=order.provider_payment_id or "—",
+            payment_hash=order.provider_hash or "—",
             attempts=order.attempts,
         )
     ]
     if order.last_error:
-        lines.append(t("admin_cmd.order_error", error=html.escape(order.last_error[:300])))
+        lines.append(t("admin_cmd.order_error", error=order.last_error[:300]))
     if order.refund_note:
-        lines.append(t("admin_cmd.order_refund_note", note=html.escape(order.refund_note)))
+        lines.append(t("admin_cmd.order_refund_note", note=order.refund_note))
     # Once the payment counted, "part arrived" is history (the timeline keeps it).
     settled = OrderStatus(order.status) in SETTLED
     partial = None if settled else partial_view(order, view.received)
@@ -520,9 +517,9 @@ def render_order(t: Translator, view: OrderView, timezone: str) -> str:
             t(
                 "admin_cmd.event",
                 at=event.at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
-                kind=html.escape(event.kind),
+                kind=event.kind,
                 moved=moved,
-                actor=html.escape(event.actor),
+                actor=event.actor,
             )
         )
     return "\n".join(lines)

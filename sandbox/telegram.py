@@ -30,7 +30,14 @@ Test steering lives under ``/control/`` (JSON, never faulted, never in the event
 - ``GET /control/callback_answers`` -> answered callback queries;
   ``GET /control/callback_answers/{id}?timeout=S`` long-polls one query until answered
 - ``GET /control/files/{file_id}`` -> the uploaded bytes
-- ``POST /control/users/{user_id}/block`` ``{blocked?: true, reason?: "blocked"|"deactivated"}``
+- ``POST /control/users/{user_id}/block`` ``{blocked?: true, reason?: "blocked"|"deactivated"}``:
+  blocking and unblocking send the bot a ``my_chat_member`` update (``kicked`` / ``member``),
+  as Telegram does; so does a blocked user who writes again (before the message)
+- ``POST /control/updates/message`` with ``as_chat: true`` (and a group ``chat_id``): an
+  anonymous admin writing on behalf of the group (``sender_chat`` = the group, ``from`` =
+  @GroupAnonymousBot)
+- ``POST|GET /control/callback_queries`` ``{max_age}``: answerCallbackQuery for a query older
+  than ``max_age`` seconds (default 15, Telegram's observed limit) fails "query is too old"
 - ``POST /control/chats/{chat_id}/upgrade`` ``{new_chat_id?, user_id?, updates?}`` -> the
   new supergroup: a basic group becomes a supergroup with a new id (``-100…``); the service
   messages ``migrate_to_chat_id`` (old group) and ``migrate_from_chat_id`` (new one) are
@@ -69,6 +76,8 @@ Emulator simplifications, on purpose:
   only HTML yields ``entities``.
 - Text limits (4,096 for texts, 1,024 for captions) count the visible text after entity
   parsing in UTF-16 code units, as Telegram does; markup does not count.
+- A bare "&" is kept literally and a ";" after a reference is optional, as in tdlib; the
+  emulator does not check link URLs (Telegram drops a text_link whose URL it rejects).
 - Any upload is accepted as a photo; PNG/JPEG/GIF headers give the real width/height.
 """
 
@@ -97,6 +106,14 @@ MAX_CAPTION_LENGTH = 1024
 MAX_CALLBACK_DATA_BYTES = 64
 MAX_POLL_TIMEOUT = 50  # Telegram caps getUpdates' long poll near this
 MAX_CONTROL_WAIT = 60.0
+CALLBACK_MAX_AGE = 15.0  # seconds Telegram lets a callback query wait for its answer
+# The fake sender of a message an anonymous group admin sends on behalf of the group.
+GROUP_ANONYMOUS_BOT = {
+    "id": 1087968824,
+    "is_bot": True,
+    "first_name": "Group",
+    "username": "GroupAnonymousBot",
+}
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 SEQ_HEADER = "X-Sandbox-Seq"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -383,21 +400,23 @@ _ATTR_SRC = r"""[a-zA-Z][\w-]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>]+))?"""
 _START_TAG = re.compile(rf"<([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR_SRC})*)\s*/?>")
 _END_TAG = re.compile(r"</([a-zA-Z][a-zA-Z0-9-]*)\s*>")
 _ATTR = re.compile(r"""([a-zA-Z][\w-]*)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'<>]+))?""")
-# Telegram knows all numeric references but only these four named ones; others stay literal.
-_CHAR_REF = re.compile(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|lt|gt|amp|quot);")
+# As tdlib's decode_html_entity (td/telegram/MessageEntity.cpp): numeric references
+# (decimal, or hexadecimal with a lowercase "x") and only four named ones, the ";" being
+# optional. Anything else after "&" -- a bare "&" included -- is kept literally, not refused.
+_CHAR_REF = re.compile(r"&(?:#x([0-9a-fA-F]*)|#([0-9]*)|([a-zA-Z]+));?")
 _NAMED_REFS = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
 
 
 def html_unescape(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name in _NAMED_REFS:
-            return _NAMED_REFS[name]
-        code = int(name[2:], 16) if name[1] in "xX" else int(name[1:])
-        try:
-            return chr(code)
-        except (ValueError, OverflowError):
+        hexa, decimal, name = match.groups()
+        if name is not None:
+            return _NAMED_REFS.get(name, match.group(0))
+        digits = hexa if hexa is not None else decimal
+        if not digits or len(match.group(0).rstrip(";")) >= 10:
             return match.group(0)
+        code = int(digits, 16 if hexa is not None else 10)
+        return chr(code) if 0 < code < 0x10FFFF else match.group(0)
 
     return _CHAR_REF.sub(replace, text)
 
@@ -460,7 +479,8 @@ def parse_html(text: str) -> tuple[str, list[dict[str, Any]]]:
             top = stack.pop()
             if top.name != name:
                 raise EntityParseError(
-                    f'Can\'t find end tag corresponding to start tag "{top.name}"'
+                    f'Unmatched end tag at byte offset {byte_offset}, expected "</{top.name}>", '
+                    f'found "</{name}>"'
                 )
             if entity := _close_entity(top, length, stack):
                 entities.append(entity)
@@ -471,8 +491,11 @@ def parse_html(text: str) -> tuple[str, list[dict[str, Any]]]:
             # A bare "<" (e.g. "5 < 6" not written as "5 &lt; 6") is a classic bot bug.
             if text.startswith("</", lt):
                 raise EntityParseError(f"Unexpected end tag at byte offset {byte_offset}")
-            name_match = re.match(r"<([^\s<>/]*)", text[lt:])
-            bad = name_match.group(1) if name_match else ""
+            # Like tdlib: the tag name runs to the next space or ">" ("<3 Anna" names "3").
+            name_match = re.match(r"<([^\s>]*)[\s>]", text[lt:])
+            if name_match is None:
+                raise EntityParseError(f"Unclosed start tag at byte offset {byte_offset}")
+            bad = name_match.group(1).lower()
             raise EntityParseError(f'Unsupported start tag "{bad}" at byte offset {byte_offset}')
         name = start.group(1).lower()
         if name not in HTML_TAG_TYPES:
@@ -719,6 +742,7 @@ class StoredMessage:
     from_bot: bool
     sender: dict[str, Any]
     date: int
+    sender_chat: dict[str, Any] | None = None  # a message sent on behalf of a chat
     seq: int = 0
     text: str | None = None  # as sent, markup included
     caption: str | None = None  # as sent, markup included
@@ -746,6 +770,8 @@ class StoredMessage:
             "chat": chat.to_api(),
             "date": self.date,
         }
+        if self.sender_chat is not None:
+            body["sender_chat"] = self.sender_chat
         if self.edit_date is not None:
             body["edit_date"] = self.edit_date
         if reply_to is not None:
@@ -842,6 +868,7 @@ class CallbackQuery:
     show_alert: bool = False
     url: str | None = None
     answered_at: float | None = None
+    created: float = field(default_factory=time.monotonic)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -953,6 +980,7 @@ class TelegramEmulator:
         bot_first_name: str = "AI Token Sandbox",
         webhook_retry_delays: Sequence[float] = (0.05, 0.2, 0.5),
         webhook_timeout: float = 10.0,
+        callback_max_age: float = CALLBACK_MAX_AGE,
     ) -> None:
         bot_id, sep, _ = token.partition(":")
         if not sep or not bot_id.isdigit():
@@ -963,6 +991,7 @@ class TelegramEmulator:
         self.bot_first_name = bot_first_name
         self.webhook_retry_delays = tuple(webhook_retry_delays)
         self.webhook_timeout = webhook_timeout
+        self.default_callback_max_age = callback_max_age
 
         # Counters survive /control/reset so that waiting clients never see them go back.
         self._seq = 0
@@ -1039,6 +1068,7 @@ class TelegramEmulator:
         self.menu_buttons: dict[int | None, dict[str, Any]] = {}
         self.bot_texts: dict[tuple[str, str], str] = {}
         self.flood = FloodControl()
+        self.callback_max_age = self.default_callback_max_age
 
     # ------------------------------------------------------------ change notification
     def _notify(self) -> None:
@@ -1089,6 +1119,8 @@ class TelegramEmulator:
         app.router.add_get(f"{c}/callback_answers/{{query_id}}", self._control_callback_answer)
         app.router.add_get(f"{c}/files/{{file_id}}", self._control_file)
         app.router.add_post(f"{c}/users/{{user_id}}/block", self._control_block)
+        app.router.add_post(f"{c}/callback_queries", self._control_set_callback_age)
+        app.router.add_get(f"{c}/callback_queries", self._control_get_callback_age)
         app.router.add_get(f"{c}/state", self._control_state)
         app.router.add_post(f"{c}/reset", self._control_reset)
         app.router.add_post(f"{c}/limits", self._control_set_limits)
@@ -1632,9 +1664,11 @@ class TelegramEmulator:
 
     async def _answer_callback_query(self, params: dict[str, Any], ctx: _CallContext) -> bool:
         query = self.callbacks.get(str(params.get("callback_query_id") or ""))
-        if query is None or query.answered:
+        if query is None:
             raise bad_request(QUERY_TOO_OLD)
-        ctx.chat_id, ctx.message_id = query.chat_id, query.message_id
+        ctx.chat_id, ctx.message_id = query.chat_id, query.message_id  # refusals too
+        if query.answered or time.monotonic() - query.created > self.callback_max_age:
+            raise bad_request(QUERY_TOO_OLD)
         text = params.get("text")
         if text is not None and len(str(text)) > 200:
             raise bad_request("MESSAGE_TOO_LONG")
@@ -1855,6 +1889,30 @@ class TelegramEmulator:
             user.language_code = str(body["language_code"])
         return user
 
+    def _set_blocked(self, user: User, reason: str | None) -> None:
+        """Block/unblock the bot for ``user``; Telegram tells the bot with ``my_chat_member``
+        whenever the bot's status in the private chat changes (a deleted account does not
+        block anything: its chat just stops working, without an update)."""
+        was_blocked = user.block_reason == "blocked"
+        user.block_reason = reason
+        is_blocked = reason == "blocked"
+        chat = self.chats.get(user.id)
+        if was_blocked == is_blocked or chat is None:
+            return  # nothing changed, or the user never opened a chat with the bot
+        bot = self._bot_user()
+        member = {"status": "member", "user": bot}
+        kicked = {"status": "kicked", "user": bot, "until_date": 0}
+        self._enqueue(
+            "my_chat_member",
+            {
+                "chat": chat.to_api(),
+                "from": user.to_api(),
+                "date": int(time.time()),
+                "old_chat_member": member if is_blocked else kicked,
+                "new_chat_member": kicked if is_blocked else member,
+            },
+        )
+
     def _ensure_private_chat(self, user: User) -> Chat:
         chat = self.chats.get(user.id)
         if chat is None:
@@ -1949,14 +2007,23 @@ class TelegramEmulator:
             return _control_error(409, f"user {user_id} is deactivated and cannot write")
         chat_id = _as_int(body.get("chat_id"))
         if chat_id is None or chat_id == user_id:
-            # Writing to the bot unblocks it, as in the real app.
-            user.block_reason = None
+            # Writing to the bot unblocks it, as in the real app: the bot hears so first.
             chat = self._ensure_private_chat(user)
+            self._set_blocked(user, None)
         elif (found := self.chats.get(chat_id)) is not None:
             chat = found
         else:
             return _control_error(404, f"chat {chat_id} is not registered")
-        message = self._new_message(chat, from_bot=False, sender=user.to_api())
+        as_chat = bool(body.get("as_chat"))
+        if as_chat and chat.type not in ("group", "supergroup"):
+            return _control_error(400, "as_chat needs a group chat_id")
+        message = self._new_message(
+            chat,
+            from_bot=False,
+            sender=dict(GROUP_ANONYMOUS_BOT) if as_chat else user.to_api(),
+        )
+        if as_chat:
+            message.sender_chat = chat.to_api()
         message.text = message.plain = text
         message.seq = self._next_seq()
         command = re.match(r"/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?", text)
@@ -2110,8 +2177,22 @@ class TelegramEmulator:
         if reason not in ("blocked", "deactivated"):
             return _control_error(400, "reason must be blocked or deactivated")
         user = self.users.get(user_id) or self._ensure_user({}, user_id)
-        user.block_reason = reason if body.get("blocked", True) else None
+        self._set_blocked(user, reason if body.get("blocked", True) else None)
         return json_response({"user_id": user_id, "blocked": user.block_reason})
+
+    async def _control_set_callback_age(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            max_age = float(body["max_age"])
+        except (KeyError, TypeError, ValueError):
+            return _control_error(400, "need max_age (seconds)")
+        if max_age < 0:
+            return _control_error(400, "max_age must not be negative")
+        self.callback_max_age = max_age
+        return json_response({"max_age": self.callback_max_age})
+
+    async def _control_get_callback_age(self, request: web.Request) -> web.Response:
+        return json_response({"max_age": self.callback_max_age})
 
     async def _control_state(self, request: web.Request) -> web.Response:
         chats = []

@@ -81,13 +81,17 @@ class TelegramControl(ControlClient):
         first_name: str = "Buyer",
         username: str | None = None,
         chat_id: int | None = None,
+        as_chat: bool = False,
     ) -> dict[str, Any]:
-        """The user writes ``text`` (private chat unless ``chat_id``) -> {update_id, message_id}."""
+        """The user writes ``text`` (private chat unless ``chat_id``) -> {update_id, message_id}.
+
+        ``as_chat``: an anonymous admin of the group ``chat_id`` writes on its behalf."""
         body: dict[str, Any] = {
             "user_id": user_id,
             "text": text,
             "language_code": language_code,
             "first_name": first_name,
+            "as_chat": as_chat,
         }
         if username is not None:
             body["username"] = username
@@ -280,6 +284,10 @@ class TelegramControl(ControlClient):
             f"/control/users/{user_id}/block",
             body={"blocked": blocked, "reason": reason},
         )
+
+    async def set_callback_max_age(self, seconds: float) -> None:
+        """Answers to callback queries older than this fail "query is too old" (default 15)."""
+        await self._request("POST", "/control/callback_queries", body={"max_age": seconds})
 
     async def add_fault(self, **spec: Any) -> None:
         """A ``sandbox.common.FaultRule``: path, method, mode, status, body, count, rate, delay."""

@@ -37,6 +37,7 @@ STATIC = Path(__file__).with_name("static")
 DEFAULT_PORT = 8765
 # Two buyers to switch between: user id -> first name (their private chat id is the same).
 BUYERS = {5550001: "Alice", 5550002: "Boris"}
+MAX_NAME_LENGTH = 64  # Telegram's limit for a first name
 LANGUAGES = ("en", "ru")
 PANEL_REFRESH_SECONDS = 5.0
 
@@ -58,6 +59,9 @@ class WebChat:
         self.openrouter = OpenRouterPane(sandbox.openrouter_url, app)
         self.pulse = Pulse()
         self.languages: dict[int, str] = dict.fromkeys(BUYERS, "en")
+        # The buyer's display name (Telegram's first_name), settable on the page: try a
+        # name like "Tom & <Jerry>" and see that the bot treats it as text.
+        self.names: dict[int, str] = dict(BUYERS)
         # For the "time to first page" figure: when `python run.py --sandbox` began.
         self.started_at = started_at
         self.first_page_after: float | None = None
@@ -91,6 +95,7 @@ class WebChat:
         app.router.add_post("/api/send", self.send)
         app.router.add_post("/api/press", self.press)
         app.router.add_post("/api/language", self.language)
+        app.router.add_post("/api/name", self.name)
         app.router.add_post("/api/wallet/{payment_id}/{action}", self.wallet_action)
         app.router.add_post("/api/openrouter/credits", self.set_credits)
         app.router.add_post("/api/openrouter/keys/{hash}/spend", self.spend)
@@ -108,7 +113,7 @@ class WebChat:
         language = self.languages[buyer]
         return json_response(
             {
-                "buyers": [{"id": id_, "name": name} for id_, name in BUYERS.items()],
+                "buyers": [{"id": id_, "name": self.names[id_]} for id_ in BUYERS],
                 "buyer": buyer,
                 "language": language,
                 "languages": LANGUAGES,
@@ -169,7 +174,7 @@ class WebChat:
         else:
             buyer = _buyer(body.get("buyer"))
             result = await self.tg.send_text(
-                buyer, text, language_code=self.languages[buyer], first_name=BUYERS[buyer]
+                buyer, text, language_code=self.languages[buyer], first_name=self.names[buyer]
             )
         self.pulse.fire()
         return json_response(result)
@@ -196,6 +201,15 @@ class WebChat:
             raise web.HTTPBadRequest(text="language must be en or ru")
         self.languages[buyer] = language
         return json_response({"buyer": buyer, "language": language})
+
+    async def name(self, request: web.Request) -> web.Response:
+        """The buyer's display name in Telegram: sent with every message from now on."""
+        body = await request.json()
+        buyer, name = _buyer(body.get("buyer")), str(body.get("name") or "").strip()
+        if not 1 <= len(name) <= MAX_NAME_LENGTH:
+            raise web.HTTPBadRequest(text=f"a name has 1-{MAX_NAME_LENGTH} characters")
+        self.names[buyer] = name
+        return json_response({"buyer": buyer, "name": name})
 
     async def wallet_action(self, request: web.Request) -> web.Response:
         buyer = _buyer(request.query.get("buyer"))

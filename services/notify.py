@@ -57,7 +57,7 @@ class Notifier:
         payload = dict(payload or {})
         if buttons:
             payload["buttons"] = [
-                [{"text": t(label), "callback_data": data} for label, data in row]
+                [{"text": t.plain(label), "callback_data": data} for label, data in row]
                 for row in buttons
             ]
         await repo.add_outbox(
@@ -87,10 +87,11 @@ class Notifier:
         row: list[dict[str, str]] = []
         order_id = params.get("order_id")
         if self.order_button is not None and isinstance(order_id, int):
-            label = t("admin.open_order", order_id=order_id)
+            label = t.plain("admin.open_order", order_id=order_id)
             row.append({"text": label, "callback_data": self.order_button(order_id)})
         if recheck and self.recheck_button is not None:
-            row.append({"text": t("admin.recheck_funds"), "callback_data": self.recheck_button})
+            label = t.plain("admin.recheck_funds")
+            row.append({"text": label, "callback_data": self.recheck_button})
         payload = {"buttons": [row]} if row else None
         await repo.add_outbox(
             session,

@@ -168,14 +168,23 @@ class OrderService:
 
     # ------------------------------------------------------------------ users
     async def ensure_user(
-        self, user_id: int, *, language: str, first_name: str | None, username: str | None
+        self,
+        user_id: int,
+        *,
+        language: str,
+        first_name: str | None,
+        username: str | None,
+        writing: bool = True,
     ) -> UserView:
-        """The buyer's row, created on first sight; a returning buyer is reachable again."""
+        """The buyer's row, created on first sight; a returning buyer is reachable again.
+
+        ``writing`` False: the update is not the buyer talking to us (Telegram telling us
+        they blocked or unblocked the bot), so it says nothing about reachability."""
         async with self.sessions() as session:
             async with session.begin():
                 user = await session.get(User, user_id)
                 if user is not None:
-                    if not user.reachable:
+                    if writing and not user.reachable:
                         # A buyer who writes to us again has unblocked the bot.
                         user.reachable = True
                     return UserView(user.id, user.language, user.model)
@@ -195,6 +204,13 @@ class OrderService:
                 # Two first updates of one buyer at once: the other insert won.
                 pass
             return UserView(user_id, language, None)
+
+    async def set_reachable(self, user_id: int, reachable: bool) -> None:
+        """The buyer blocked the bot (False) or unblocked it (True), as Telegram told us."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(User).where(User.id == user_id).values(reachable=reachable)
+            )
 
     async def set_language(self, user_id: int, language: str) -> None:
         async with self.sessions() as session, session.begin():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from db.models import User
 from sandbox.runner import BOT_TOKEN, MANAGEMENT_KEY
-from tests.harness import running_env
+from tests.harness import Env, running_env
 
 BUYER = 717171
 
@@ -126,8 +128,6 @@ async def test_blocked_buyer_is_marked_unreachable_and_not_retried(tmp_path: Pat
             await env.tg.messages(BUYER)
         assert {r.status for r in rows} == {"dropped"}
         async with env.app.sessions() as session:
-            from db.models import User
-
             user = await session.get(User, BUYER)
             assert user is not None and user.reachable is False
 
@@ -195,3 +195,35 @@ async def test_configured_model_missing_at_openrouter_is_not_offered_and_admin_t
         assert [label for label in _labels(listing) if label != "⬅️ Back"] == [
             "✅ Anthropic: Claude 3 Sonnet"
         ]
+
+
+async def _wait_reachable(env: Env, user_id: int, expected: bool) -> None:
+    for _ in range(100):
+        async with env.app.sessions() as session:
+            user = await session.get(User, user_id)
+        if user is not None and user.reachable is expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"user {user_id} is not reachable={expected}")
+
+
+async def test_buyer_who_blocks_the_bot_is_unreachable_until_they_unblock(
+    tmp_path: Path,
+) -> None:
+    """Telegram says so with my_chat_member (kicked / member); the update that says the
+    buyer blocked the bot must not itself count as the buyer being back."""
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        await env.tg.block(BUYER)
+        await _wait_reachable(env, BUYER, False)
+        await asyncio.sleep(0.3)  # nothing flips it back behind the handler's back
+        await _wait_reachable(env, BUYER, False)
+        await env.tg.block(BUYER, blocked=False)
+        await _wait_reachable(env, BUYER, True)
+        # Blocked again, then back by writing: Telegram announces the unblock first.
+        await env.tg.block(BUYER)
+        await _wait_reachable(env, BUYER, False)
+        await env.start_chat(BUYER)
+        await _wait_reachable(env, BUYER, True)
+        state = await env.tg.state()
+        assert "my_chat_member" in (state["allowed_updates"] or [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 
 import pytest
 
@@ -10,12 +11,14 @@ import locales
 from locales import (
     DEFAULT_LANGUAGE,
     LANGUAGES,
+    Markup,
     Translator,
     catalog,
     normalize_language,
     placeholders,
     translator,
 )
+from sandbox.telegram import parse_html
 
 BALANCED_TAGS = ("b", "i", "code", "pre", "tg-spoiler", "a")
 OTHER_LANGUAGES = [lang for lang in LANGUAGES if lang != DEFAULT_LANGUAGE]
@@ -89,6 +92,35 @@ def test_html_tags_balanced(language: str, key: str) -> None:
         assert opening == closing, (
             f"{language}:{key}: <{tag}> opened {opening} times, closed {closing} times"
         )
+
+
+# What a buyer may call themselves, or a provider may put in an error: all text.
+HOSTILE = 'Tom & <Jerry> <3 a>b &amp; <a href="https://evil.example/">free</a>'
+
+
+@pytest.mark.parametrize(("language", "key"), ALL_TEMPLATES)
+def test_template_is_valid_telegram_html_whatever_the_parameters(language: str, key: str) -> None:
+    """Every parameter is escaped by the translator: the message parses under Telegram's
+    HTML rules (the emulator's parser refuses what Telegram refuses) and shows each
+    parameter exactly as given, with no link smuggled in."""
+    template = catalog(language)[key]
+    names = placeholders(template)
+    plain, entities = parse_html(Translator(language)(key, **dict.fromkeys(names, HOSTILE)))
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    assert plain.count(HOSTILE) == len(fields)
+    assert not [e for e in entities if e["type"] == "text_link"]
+
+
+def test_safe_fragments_are_not_escaped_twice() -> None:
+    t = Translator("en")
+    # A rendered template is safe HTML: as a parameter of another it stays as it is.
+    line = t(
+        "orders.line", order_id=1, tokens="5", model="<m>", total="$1", status=t("status.paid")
+    )
+    assert line == "#1 · 5 tokens · &lt;m&gt; · $1 — <b>paid</b>"
+    assert t("broadcast.preview", text=Markup("<b>hi</b>"), count=1).count("<b>hi</b>") == 1
+    # Button labels are shown verbatim by Telegram: no escaping there.
+    assert t.plain("buy.model_button", name="A & B") == "🧠 Model: A & B"
 
 
 @pytest.mark.parametrize(

@@ -195,3 +195,11 @@ async def test_wallet_admin_openrouter_and_buyers_panes(tmp_path: Path, browser_
         await expect(chat).not_to_contain_text("Alice")
         await expect(page.locator("#wallet")).to_contain_text("No invoices yet.")
         await _shot(page, "6-second-buyer-russian.png")
+
+        # The buyer's display name is set on the page; one that looks like markup is text.
+        await page.locator("#name").fill("Tom & <Jerry>")
+        await page.locator("#name").press("Enter")
+        await expect(page.locator("#buyers button.active")).to_have_text("Tom & <Jerry>")
+        await page.locator("#text").fill("/start")
+        await page.locator("#text").press("Enter")
+        await expect(chat).to_contain_text("Привет, Tom & <Jerry>!")

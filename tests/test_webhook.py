@@ -23,6 +23,12 @@ async def test_webhook_mode_serves_the_conversation(tmp_path: Path) -> None:
     ) as env:
         state = await env.tg.state()
         assert state["webhook"]["url"].endswith("/telegram/webhook")
+        # As in polling mode: exactly the update types the dispatcher handles.
+        assert (
+            set(state["webhook"]["allowed_updates"])
+            == set(env.app.dp.resolve_used_update_types())
+            >= {"message", "callback_query", "my_chat_member"}
+        )
         await env.tg.send_text(BUYER, "/start")
         await env.tg.wait_for_text(BUYER, "Here you can buy")
         # Without the secret header the bot's server refuses the update.

@@ -168,6 +168,7 @@ async function selectBuyer(buyer) {
     "start", "buy", "quota", "orders", "lang", "help", "cancel",
   ].map((command) => ({ command, description: "" }));
   $("language").value = state.language;
+  $("name").value = config.buyers.find((b) => b.id === state.buyer).name;
   const seg = $("buyers");
   seg.replaceChildren();
   for (const b of config.buyers) {
@@ -203,6 +204,16 @@ $("language").addEventListener("change", async () => {
   state.commands = config.commands.length ? config.commands : state.commands;
   renderCommands();
   toast("Language " + $("language").value + ": the next message carries it");
+});
+$("name-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("name").value.trim();
+  if (!name) return;
+  await api("POST", "/api/name", { buyer: state.buyer, name });
+  $("name").blur();
+  const active = $("buyers").querySelector(".active");
+  if (active) active.textContent = name;
+  toast("Name " + name + ": the next message carries it");
 });
 $("credits-form").addEventListener("submit", async (event) => {
   event.preventDefault();

@@ -443,3 +443,114 @@ async def test_text_limits_count_visible_utf16_units(bot: Bot, tg: TelegramContr
     await bot.send_photo(USER, BufferedInputFile(tiny_png(), "p.png"), caption="😀" * 512)
     with pytest.raises(TelegramBadRequest, match="message is too long"):
         await bot.edit_message_text("😀" * 2049, chat_id=USER, message_id=sent.message_id)
+
+
+# ------------------------------------------------ real Telegram behaviours (issue 10)
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("Hi, Tom & <Jerry>!", 'Unsupported start tag "jerry" at byte offset 10'),
+        ("<3 Anna", 'Unsupported start tag "3" at byte offset 0'),
+        ("5 <", "Unclosed start tag at byte offset 2"),
+        ("<b>x</i>", 'Unmatched end tag at byte offset 4, expected "</b>", found "</i>"'),
+        ("<b>open", 'Can\'t find end tag corresponding to start tag "b"'),
+    ],
+)
+async def test_html_refused_like_telegram(
+    bot: Bot, tg: TelegramControl, text: str, error: str
+) -> None:
+    await tg.send_text(USER, "hi")
+    with pytest.raises(TelegramBadRequest) as refused:
+        await bot.send_message(USER, text, parse_mode="HTML")
+    assert refused.value.message == f"Bad Request: can't parse entities: {error}"
+
+
+def test_html_references_as_tdlib_decodes_them() -> None:
+    # A bare "&" and unknown names stay literal; the four named references and numeric
+    # ones decode, with or without ";".
+    assert parse_html("Tom & Jerry &nbsp; &lt3 &amp &#60; &#x3c &#X3c;") == (
+        "Tom & Jerry &nbsp; <3 & < < &#X3c;",
+        [],
+    )
+
+
+async def test_callback_query_answered_too_late_is_refused(bot: Bot, tg: TelegramControl) -> None:
+    await tg.send_text(USER, "hi")
+    sent = await bot.send_message(USER, "Pick", reply_markup=keyboard(("A", "a")))
+    fresh = await tg.forge_callback(USER, sent.message_id, "a")
+    assert await bot.answer_callback_query(fresh["callback_query_id"]) is True
+
+    await tg.set_callback_max_age(0.05)
+    late = await tg.forge_callback(USER, sent.message_id, "a")
+    await asyncio.sleep(0.1)
+    with pytest.raises(TelegramBadRequest) as refused:
+        await bot.answer_callback_query(late["callback_query_id"], text="Done")
+    assert refused.value.message == (
+        "Bad Request: query is too old and response timeout expired or query ID is invalid"
+    )
+    assert (await tg.callback_answers())[-1]["callback_query_id"] == fresh["callback_query_id"]
+    # The refusal is logged against the chat, so a test of the bot can find it there.
+    answers = [e for e in await tg.events(chat_id=USER) if e["method"] == "answerCallbackQuery"]
+    assert [e["ok"] for e in answers] == [True, False]
+
+
+async def test_callback_max_age_is_reset_to_telegrams_default(
+    served: Served, tg: TelegramControl
+) -> None:
+    await tg.set_callback_max_age(0)
+    await tg.reset()
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        assert (await http.get("/control/callback_queries")).json() == {"max_age": 15.0}
+        refused = await http.post("/control/callback_queries", json={"max_age": -1})
+        assert refused.status_code == 400
+
+
+async def test_blocking_and_unblocking_send_my_chat_member(bot: Bot, tg: TelegramControl) -> None:
+    await tg.send_text(USER, "hi", first_name="Ann")
+    await tg.block(USER)
+    with pytest.raises(TelegramForbiddenError, match="Forbidden: bot was blocked by the user"):
+        await bot.send_message(USER, "promo")
+    await tg.block(USER)  # already blocked: no second update
+    await tg.block(USER, blocked=False)
+    await tg.block(USER)
+    await tg.send_text(USER, "/start")  # writing again unblocks, announced first
+
+    updates = await bot.get_updates(allowed_updates=["message", "my_chat_member"])
+    kinds = [u.event_type for u in updates]
+    assert kinds == [
+        "message",
+        "my_chat_member",
+        "my_chat_member",
+        "my_chat_member",
+        "my_chat_member",
+        "message",
+    ]
+    statuses = [
+        (u.my_chat_member.old_chat_member.status, u.my_chat_member.new_chat_member.status)
+        for u in updates
+        if u.my_chat_member is not None
+    ]
+    assert statuses == [
+        ("member", "kicked"),
+        ("kicked", "member"),
+        ("member", "kicked"),
+        ("kicked", "member"),
+    ]
+    first = updates[1].my_chat_member
+    assert first is not None and first.chat.type == "private" and first.chat.id == USER
+    assert first.from_user.id == USER and first.new_chat_member.user.id == 123456
+    assert (await bot.send_message(USER, "back")).text == "back"
+
+
+async def test_anonymous_admin_writes_on_behalf_of_the_group(bot: Bot, tg: TelegramControl) -> None:
+    group = -100500
+    await tg.register_chat(group, "supergroup", title="Operators")
+    await tg.send_text(USER, "/stats", chat_id=group, as_chat=True)
+    (update,) = await bot.get_updates()
+    message = update.message
+    assert message is not None and message.text == "/stats"
+    assert message.sender_chat is not None and message.sender_chat.id == group
+    assert message.from_user is not None
+    assert (message.from_user.id, message.from_user.username) == (1087968824, "GroupAnonymousBot")
+    with pytest.raises(TelegramControlError, match="as_chat needs a group"):
+        await tg.send_text(USER, "hi", as_chat=True)
