@@ -63,6 +63,7 @@ from sandbox.runner import (  # noqa: E402
     start_sandbox,
 )
 from sandbox.telegram_control import TelegramControl, TelegramControlError  # noqa: E402
+from services.openrouter import min_lease_seconds  # noqa: E402
 from services.vault import KeyVault  # noqa: E402
 
 NON_FINAL = ("new", "paid", "fulfilling", "awaiting_funds")
@@ -297,10 +298,10 @@ def bot_env(sandbox: Sandbox, url: str, port: int, encryption_key: str) -> dict[
             "PAYMENT_POLL_SECONDS": "2",
             "EXPIRY_CHECK_SECONDS": "2",
             "FULFILMENT_RETRY_SECONDS": "1",
-            # Short, so a SIGKILLed replica's claims are taken over within the run; the
-            # lease is re-asserted right before each PATCH, which is bounded by the client
-            # timeouts (3 × 10 s) — production keeps the 300 s default.
-            "FULFILMENT_LEASE_SECONDS": "30",
+            # Short, so a SIGKILLed replica's claims are taken over within the run: the
+            # shortest the settings accept (one OpenRouter call with its retries plus a
+            # margin, 37 s); production keeps the 300 s default.
+            "FULFILMENT_LEASE_SECONDS": str(min_lease_seconds()),
             "STALE_ORDER_SECONDS": "30",
         }
     )
