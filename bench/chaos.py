@@ -355,7 +355,7 @@ def install_faults(sandbox: Sandbox, rate: float, seed: int) -> None:
             "path": "/api/v1/keys/",
             "method": "PATCH",
             "count": None,
-            "rate": rate * 0.25,
+            "rate": rate * 0.5,
             "status": 401,
             "body": {"error": {"code": 401, "message": "Invalid credentials"}},
         }

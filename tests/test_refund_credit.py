@@ -13,10 +13,12 @@ import asyncio
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from db.models import User
 from sandbox.runner import ADMIN_ID
 from services.clock import utcnow
+from services.errors import OpenRouterError
 from tests.harness import Env, running_env
 from tests.test_admin import ask
 
@@ -134,4 +136,40 @@ async def test_refund_is_refused_while_openrouter_is_unreachable_or_the_buyer_bu
             user.lease_owner, user.lease_until = None, None
 
         await ask(env, f"/refund {second} sent back", "marked refunded (was paid)")
+        assert await key_limit(env) == STARTER
+
+
+async def test_failure_is_not_recorded_while_the_key_cannot_be_confirmed(tmp_path: Path) -> None:
+    """The attempt gives up after a lost PATCH, but the read-back fails too: the order
+    must not end ``failed`` with its credit maybe on the key. It goes back to ``paid``
+    with the reason, and a later attempt delivers it."""
+    async with running_env(tmp_path, fulfilment={**ONE_ATTEMPT, **NO_RETRY_SOON}) as env:
+        order_id = await env.buy(BUYER)
+        client = env.app.fulfilment.openrouter
+        real_get_key = client.get_key
+        calls = 0
+
+        async def read_back_fails(key_hash: str) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > 1:  # the first read is the attempt's own; the read-back fails
+                raise OpenRouterError("openrouter", "GET /keys: cannot connect", transient=True)
+            return await real_get_key(key_hash)
+
+        client.get_key = read_back_fails  # type: ignore[method-assign]
+        await env.orc.add_fault(
+            path="/api/v1/keys/", method="PATCH", mode="apply_then_status", status=500, count=None
+        )
+        await env.pay(order_id)
+        await wait_event(env, order_id, "fulfilment_retry")
+        order = await env.order(order_id)
+        assert order.status == "paid" and order.last_error is not None
+        assert "key limit not confirmed" in order.last_error
+        assert not [e for e in await env.events(order_id) if e.kind == "fulfilment_failed"]
+
+        client.get_key = real_get_key  # type: ignore[method-assign]
+        await env.orc.clear_faults()
+        await env.update_order(order_id, next_attempt_at=None)
+        await env.app.fulfilment.fulfil_user(BUYER)
+        await env.delivered_message(BUYER, order_id)
         assert await key_limit(env) == STARTER
