@@ -321,7 +321,6 @@ class Fulfilment:
             base = order.base_usd
             attempts = order.attempts + 1
         target = delivered_sum + base
-        patch_sent = False
         try:
             key_hash, created = await self._ensure_key(user_id, order_id, key_row, token)
             current = await self.openrouter.get_key(key_hash)
@@ -345,7 +344,6 @@ class Fulfilment:
                 async with self.sessions() as session, session.begin():
                     await self._renew(session, user_id, token)
                     await funds_hold.confirm(session)
-                patch_sent = True
                 try:
                     updated = await self.openrouter.set_key_limit(key_hash, target)
                 except OpenRouterError:
@@ -360,7 +358,7 @@ class Fulfilment:
                     )
                 funds_hold.spent(needed)
         except OpenRouterError as exc:
-            await self._attempt_failed(order_id, user_id, token, attempts, exc, patch_sent)
+            await self._attempt_failed(order_id, user_id, token, attempts, exc)
             return False
         await self._delivered(order_id, user_id, token, key_hash, target, updated, created)
         return True
@@ -553,15 +551,17 @@ class Fulfilment:
         token: str,
         attempts: int,
         exc: OpenRouterError,
-        patch_sent: bool,
     ) -> None:
         give_up = not exc.transient or attempts >= self.max_attempts
         failure: dict[str, Any] = {"error": str(exc), "attempts": attempts}
-        if give_up and patch_sent:
-            # A PATCH was sent and not confirmed: its credit may be on the key. A failed
-            # order is out of the ledger, so the key goes back to the ledger without it.
+        if give_up:
+            # A PATCH of this attempt, or of an earlier one cut short by a crash, may have
+            # landed with its answer lost: the credit may be on the key. A failed order is
+            # out of the ledger, so the key goes back to the ledger without it, confirmed.
             try:
-                failure["key_limit"] = str(await self.reassert_ledger(user_id, token))
+                limit = await self.reassert_ledger(user_id, token)
+                if limit is not None:
+                    failure["key_limit"] = str(limit)
             except OpenRouterError as reassert_error:
                 if reassert_error.transient:
                     # Can't confirm the key now: don't give up with credit maybe on it;
