@@ -36,7 +36,9 @@ EARNING = (
 # /retry puts these back to `paid` (a `paid` one may be stuck behind a long back-off).
 RETRYABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
 # /refund: money arrived and no credit was granted. Delivered orders carry credit on the
-# buyer's key; unpaid ones have nothing to give back.
+# buyer's key (the buyer may have spent it); unpaid ones have nothing to give back. One of
+# these may still carry credit from a PATCH whose answer was lost: AdminOps.refund takes
+# it off the key, confirmed, before the refund is recorded.
 REFUNDABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
 # ...and these only when part of a payment arrived (partial_seen).
 REFUNDABLE_IF_PARTIAL = (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
