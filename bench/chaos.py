@@ -5,12 +5,17 @@ subprocesses (``python run.py``, one or two replicas) against them. Many buyers 
 at once through the Telegram emulator; every provider callback is delivered 1–5
 times, concurrently and out of order, while the polling job races them; about 20 %
 of provider and OpenRouter calls fail (5xx, dropped connections, slow answers and
-real client timeouts); bot processes are SIGKILLed at random moments and restarted.
-Then the faults stop, the driver waits until nothing is in flight, and checks:
+real client timeouts, and calls OpenRouter applies but whose answer is lost); a rare
+refused management key makes some orders fail, and an operator refunds failed orders
+with the admin ``/refund`` command in the admin group while the run goes on; bot
+processes are SIGKILLed at random moments and restarted. Then the faults stop, the
+operator refunds what is still failed, the driver waits until nothing is in flight, and
+checks:
 
 - every fully paid order is delivered exactly once (one ``delivered`` event; the
   delivered message reaches the buyer; extra copies are counted as at-least-once
-  duplicates, allowed by design and reported);
+  duplicates, allowed by design and reported), or was refunded by the operator (one
+  ``refunded`` event, no ``delivered`` one);
 - per buyer, the OpenRouter key limit = Σ base_usd of their delivered orders, to the cent;
 - no credit without a paid order (Σ key limits = Σ delivered base; keys of buyers
   without a delivered order have no limit);
@@ -63,6 +68,7 @@ from sandbox.runner import (  # noqa: E402
     start_sandbox,
 )
 from sandbox.telegram_control import TelegramControl, TelegramControlError  # noqa: E402
+from services.openrouter import min_lease_seconds  # noqa: E402
 from services.vault import KeyVault  # noqa: E402
 
 NON_FINAL = ("new", "paid", "fulfilling", "awaiting_funds")
@@ -103,6 +109,10 @@ class Stats:
     partial_payments: int = 0
     cancelled_then_paid: int = 0
     faults_injected: int = 0
+    refunds_asked: int = 0
+    refunds_done: int = 0
+    refunds_refused: int = 0
+    refunds_unanswered: int = 0
     callback_attempts: int = 0
     buying_s: float = 0.0
     drain_s: float = 0.0
@@ -135,6 +145,11 @@ class ChaosReport:
             ("invoices shown to buyers", s.invoices_seen),
             ("fully paid (provider)", f.get("paid", 0)),
             ("delivered", f.get("delivered", 0)),
+            (
+                "/refund asked / done / refused / unanswered",
+                f"{s.refunds_asked} / {s.refunds_done} / {s.refunds_refused} / "
+                f"{s.refunds_unanswered}",
+            ),
             ("status counts", f.get("statuses", {})),
             ("partial / cancelled-then-paid", f"{s.partial_payments} / {s.cancelled_then_paid}"),
             ("kills (SIGKILL) / restarts", f"{s.kills} / {s.restarts}"),
@@ -237,7 +252,7 @@ class BotProcess:
         log.close()
         self.starts += 1
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2.0) as http:
             while time.monotonic() < deadline:
@@ -297,10 +312,10 @@ def bot_env(sandbox: Sandbox, url: str, port: int, encryption_key: str) -> dict[
             "PAYMENT_POLL_SECONDS": "2",
             "EXPIRY_CHECK_SECONDS": "2",
             "FULFILMENT_RETRY_SECONDS": "1",
-            # Short, so a SIGKILLed replica's claims are taken over within the run; the
-            # lease is re-asserted right before each PATCH, which is bounded by the client
-            # timeouts (3 × 10 s) — production keeps the 300 s default.
-            "FULFILMENT_LEASE_SECONDS": "30",
+            # Short, so a SIGKILLed replica's claims are taken over within the run: the
+            # shortest the settings accept (one OpenRouter call with its retries plus a
+            # margin, 37 s); production keeps the 300 s default.
+            "FULFILMENT_LEASE_SECONDS": str(min_lease_seconds()),
             "STALE_ORDER_SECONDS": "30",
         }
     )
@@ -314,10 +329,14 @@ def install_faults(sandbox: Sandbox, rate: float, seed: int) -> None:
     Each rule draws on its own, so the shares compound to about ``rate``.
     """
     shares: list[tuple[dict[str, Any], float]] = [
-        ({"mode": "status", "status": 503}, 0.35),
-        ({"mode": "status", "status": 500}, 0.15),
-        ({"mode": "drop"}, 0.25),
-        ({"mode": "timeout", "status": 504, "delay": 1.5}, 0.2),  # slow, then 504
+        ({"mode": "status", "status": 503}, 0.3),
+        ({"mode": "status", "status": 500}, 0.1),
+        ({"mode": "drop"}, 0.2),
+        # Applied, answer lost: the provider acts (a key limit is set, an invoice made)
+        # and then answers 500 or drops the connection.
+        ({"mode": "apply_then_status", "status": 500}, 0.1),
+        ({"mode": "apply_then_drop"}, 0.1),
+        ({"mode": "timeout", "status": 504, "delay": 1.5}, 0.15),  # slow, then 504
         ({"mode": "timeout", "status": 504, "delay": 11.0}, 0.05),  # past the 10 s client timeout
     ]
     injectors = (
@@ -328,6 +347,19 @@ def install_faults(sandbox: Sandbox, rate: float, seed: int) -> None:
         faults.rng = random.Random(seed * 31 + index)
         for spec, share in shares:
             faults.add({"path": prefix, "count": None, "rate": rate * share, **spec})
+    # Now and then OpenRouter refuses the management key on a PATCH (not retried): the
+    # order fails, sometimes after an earlier try of the same call landed unanswered, so
+    # the key may carry credit the operator is about to refund.
+    sandbox.openrouter.faults.add(
+        {
+            "path": "/api/v1/keys/",
+            "method": "PATCH",
+            "count": None,
+            "rate": rate * 0.5,
+            "status": 401,
+            "body": {"error": {"code": 401, "message": "Invalid credentials"}},
+        }
+    )
 
 
 def clear_faults(sandbox: Sandbox) -> None:
@@ -530,16 +562,24 @@ class ChaosRun:
 
             started = time.monotonic()
             monkey = asyncio.create_task(self.chaos_monkey())
+            operator = asyncio.create_task(self.operator(url))
             await self.buyers()
             self.stats.buying_s = time.monotonic() - started
             self._buying = False
             await monkey
+            await operator
             clear_faults(self.sandbox)
             self.log("buying done, faults cleared; draining")
             for bot in self.bots:  # everyone is up for the drain
                 if bot.proc is None or bot.proc.returncode is not None:
                     await bot.start()
+            for bot in self.bots:
+                with contextlib.suppress(RuntimeError):
+                    await bot.wait_ready()
             started = time.monotonic()
+            await self.drain(url)
+            # The operator refunds what is still failed, then the outbox drains again.
+            await self.refund_failed(url, final=True)
             await self.drain(url)
             self.stats.drain_s = time.monotonic() - started
             for bot in self.bots:
@@ -600,6 +640,71 @@ class ChaosRun:
             with contextlib.suppress(RuntimeError):
                 await bot.wait_ready()
 
+    async def operator(self, url: str) -> None:
+        """While buyers buy, an admin refunds failed orders now and then with /refund."""
+        rng = random.Random(self.config.seed * 11 + 3)
+        while self._buying:
+            await asyncio.sleep(rng.uniform(2.0, 5.0))
+            await self.refund_failed(url)
+
+    async def refund_failed(self, url: str, *, final: bool = False) -> None:
+        """``/refund N <note>`` in the admin group for every failed order, through the
+        Telegram emulator, as the operator types it. Refused ones (OpenRouter did not
+        confirm the key, a delivery held the buyer) are asked again later; the final
+        pass, after the faults stop, keeps asking until none is left failed."""
+        deadline = time.monotonic() + (120.0 if final else 0.0)
+        while True:
+            engine = create_engine(url)
+            try:
+                async with session_factory(engine)() as session:
+                    failed = list(
+                        (
+                            await session.execute(
+                                select(Order.id).where(Order.status == "failed").order_by(Order.id)
+                            )
+                        ).scalars()
+                    )
+            finally:
+                await engine.dispose()
+            for order_id in failed:
+                await self._refund(order_id)
+            if not final or not failed:
+                return
+            if time.monotonic() > deadline:
+                self.violations.append(f"orders still failed after the final refunds: {failed}")
+                return
+            await asyncio.sleep(1.0)
+
+    async def _refund(self, order_id: int) -> None:
+        stats, tg = self.stats, self.tg
+        stats.refunds_asked += 1
+        before = max((m["message_id"] for m in await tg.messages(ADMIN_CHAT_ID)), default=0)
+        await tg.send_text(
+            ADMIN_ID, f"/refund {order_id} chaos operator: sent back by hand", chat_id=ADMIN_CHAT_ID
+        )
+        try:
+            answer = await tg.wait_for(
+                ADMIN_CHAT_ID,
+                lambda m: (
+                    m["from_bot"]
+                    and m["message_id"] > before
+                    and f"Order #{order_id} " in (m["plain"] or "")
+                    and "refund" in (m["plain"] or "")
+                ),
+                # The refund's PATCH and read-back may each take a worst OpenRouter call.
+                timeout=75.0,
+                description=f"answer to /refund {order_id}",
+            )
+        except AssertionError:
+            stats.refunds_unanswered += 1  # the bot was down: asked again on the next pass
+            return
+        plain = answer["plain"] or ""
+        if "marked refunded (was" in plain:
+            stats.refunds_done += 1
+        elif "not marked refunded" in plain:
+            stats.refunds_refused += 1
+        self.log(f"/refund {order_id}: {plain[:90]}")
+
     async def drain(self, url: str) -> None:
         """Wait until nothing is in flight: orders, paid-but-unrecorded payments, outbox."""
         engine = create_engine(url)
@@ -622,7 +727,7 @@ class ChaosRun:
                     for p in self.sandbox.kryptoexpress.payments.values()
                     if p.is_paid
                     and str(p.id) in by_payment
-                    and by_payment[str(p.id)].status not in ("delivered", "failed")
+                    and by_payment[str(p.id)].status not in ("delivered", "failed", "refunded")
                 ]
                 state = (
                     f"busy={len(busy)} paid-unconfirmed={len(unconfirmed)} "
@@ -658,6 +763,16 @@ class ChaosRun:
                         )
                     ).scalars()
                 )
+                refunded_events = Counter(
+                    (
+                        await session.execute(
+                            select(OrderEvent.order_id).where(
+                                OrderEvent.kind == "refunded",
+                                OrderEvent.actor == f"admin:{ADMIN_ID}",
+                            )
+                        )
+                    ).scalars()
+                )
                 outbox = list((await session.execute(select(OutboxMessage))).scalars())
                 keys = {k.user_id: k for k in (await session.execute(select(ApiKey))).scalars()}
         finally:
@@ -668,7 +783,8 @@ class ChaosRun:
         statuses = Counter(o.status for o in orders)
         report.figures.update(orders=len(orders), statuses=dict(sorted(statuses.items())))
 
-        # 1. Every fully paid order delivered exactly once.
+        # 1. Every fully paid order delivered exactly once, or refunded by the operator
+        # (then never delivered: its credit is not on the key, check 3).
         paid_orders = []
         for pid in sorted(paid_ids, key=int):
             order = by_payment.get(pid)
@@ -676,6 +792,13 @@ class ChaosRun:
                 v.append(f"provider payment {pid} is paid but no order has it")
                 continue
             paid_orders.append(order)
+            if order.status == "refunded":
+                if refunded_events[order.id] != 1 or delivered_events[order.id] != 0:
+                    v.append(
+                        f"order #{order.id} refunded with {refunded_events[order.id]} refunded "
+                        f"and {delivered_events[order.id]} delivered events"
+                    )
+                continue
             if order.status != "delivered":
                 v.append(f"order #{order.id} paid (payment {pid}) but {order.status}")
             if delivered_events[order.id] != 1:
@@ -688,7 +811,11 @@ class ChaosRun:
             if order.id in self.shown and order.provider_payment_id != str(self.shown[order.id]):
                 v.append(f"order #{order.id}: buyer was shown another invoice")
         delivered = [o for o in orders if o.status == "delivered"]
-        report.figures.update(paid=len(paid_ids), delivered=len(delivered))
+        report.figures.update(
+            paid=len(paid_ids),
+            delivered=len(delivered),
+            refunded=sum(1 for o in orders if o.status == "refunded"),
+        )
 
         # 2. Delivered messages in the buyers' chats; duplicates of outbox messages.
         duplicates = delivered_dups = 0
@@ -708,7 +835,8 @@ class ChaosRun:
                 delivered_dups += max(0, n - 1)
         report.figures.update(duplicates=duplicates, delivered_duplicates=delivered_dups)
 
-        # 3. Key limits = Σ base of delivered orders, per buyer and in total.
+        # 3. Key limits = Σ base of delivered orders, per buyer and in total (refunded and
+        # failed orders are not delivered, so their credit must be off the keys).
         base_by_user: dict[int, Decimal] = defaultdict(lambda: Decimal("0.00"))
         for order in delivered:
             base_by_user[order.user_id] += order.base_usd

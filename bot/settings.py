@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from services.openrouter import (
+    LEASE_MARGIN_SECONDS,
+    OPENROUTER_WORST_CALL_SECONDS,
+    min_lease_seconds,
+)
 from services.vault import parse_keys
 
 # The async drivers the app is built and tested with (db/engine.py).
@@ -131,12 +136,13 @@ class Settings(BaseSettings):
     fulfilment_retry_seconds: int = Field(default=15, ge=1)
     price_refresh_seconds: int = Field(default=600, ge=10)
     # Crash recovery (docs/reliability.md): a killed process's claim on a buyer's
-    # fulfilment is taken over after this lease; it must outlast one attempt's HTTP calls.
-    fulfilment_lease_seconds: int = Field(default=300, ge=30)
+    # fulfilment is taken over after this lease. It is re-asserted right before each
+    # PATCH, so it must outlast one OpenRouter call with all its retries (checked below).
+    fulfilment_lease_seconds: int = 300
     # Raising a key limit holds one lease shared by every replica (the funds ledger);
-    # it must outlast one PATCH with its retries (3 × 10 s), and a killed holder's
-    # lease stalls other deliveries for at most this long.
-    funds_lease_seconds: int = Field(default=45, ge=10)
+    # it must outlast one PATCH with its retries too, and a killed holder's lease stalls
+    # other deliveries for at most this long.
+    funds_lease_seconds: int = 45
     # Orders waiting for funds resume within this long of the operator's top-up: the
     # balance is re-measured and the waiting orders retried on this cadence.
     funds_recheck_seconds: int = Field(default=30, ge=1)
@@ -236,6 +242,18 @@ class Settings(BaseSettings):
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
             raise ValueError(f"expected HH:MM, got {value!r}")
         return f"{int(hours):02d}:{int(minutes):02d}"
+
+    @field_validator("fulfilment_lease_seconds", "funds_lease_seconds")
+    @classmethod
+    def _outlasts_openrouter(cls, value: int) -> int:
+        minimum = min_lease_seconds()
+        if value < minimum:
+            raise ValueError(
+                f"must be at least {minimum} s: one OpenRouter call with its retries can "
+                f"take {OPENROUTER_WORST_CALL_SECONDS:.2f} s, plus a "
+                f"{LEASE_MARGIN_SECONDS:.0f} s margin"
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod

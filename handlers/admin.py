@@ -164,7 +164,7 @@ async def retry(
 
 @router.message(Command("refund"), *ADMIN)
 async def refund(
-    message: Message, command: CommandObject, t: Translator, admin: AdminService
+    message: Message, command: CommandObject, t: Translator, admin_ops: AdminOps
 ) -> None:
     parts = (command.args or "").split(maxsplit=1)
     order_id = _order_id(command)
@@ -172,12 +172,23 @@ async def refund(
     if order_id is None or not note or message.from_user is None:
         await answer_long(message, t("admin_cmd.refund_usage"))
         return
-    result = await admin.refund(order_id, message.from_user.id, note[:1000])
+    result = await admin_ops.refund(order_id, message.from_user.id, note[:1000])
     if result.outcome is ActionOutcome.NOT_FOUND:
         await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
         await answer_long(
             message, t("admin_cmd.refund_refused", order_id=order_id, status=result.status)
+        )
+    elif result.outcome is ActionOutcome.BUYER_BUSY:
+        await answer_long(message, t("admin_cmd.refund_buyer_busy", order_id=order_id))
+    elif result.outcome is ActionOutcome.OPENROUTER_DOWN:
+        await answer_long(
+            message,
+            t(
+                "admin_cmd.refund_openrouter_down",
+                order_id=order_id,
+                error=result.error or "",
+            ),
         )
     else:
         await answer_long(

@@ -21,8 +21,11 @@ grew), the new figure is told once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -79,6 +82,10 @@ class FundsRecheck:
     funds: Funds
     delivered: int  # of the orders that were waiting
     waiting: int  # still waiting for funds
+
+
+class BuyerBusy(Exception):
+    """A delivery (or another change) holds this buyer's lease right now; try again later."""
 
 
 class Fulfilment:
@@ -273,6 +280,63 @@ class Fulfilment:
         )
         if moved is None:
             raise LeaseLost()
+
+    @contextlib.asynccontextmanager
+    async def buyer_lease(self, user_id: int, *, wait: float = 3.0) -> AsyncIterator[str]:
+        """Hold the buyer's lease — the one deliveries take — for a change to their key
+        made from outside fulfilment (a refund). Yields the fencing token; raises
+        ``BuyerBusy`` when a delivery keeps it for longer than ``wait`` seconds."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + wait
+        while not await self._claim_user(user_id, token):
+            if time.monotonic() >= deadline:
+                raise BuyerBusy()
+            await asyncio.sleep(0.2)
+        try:
+            yield token
+        finally:
+            await self._release_user(user_id, token)
+
+    async def renew(self, session: AsyncSession, user_id: int, token: str) -> None:
+        """Re-assert the buyer's lease in the caller's transaction (``LeaseLost`` if gone)."""
+        await self._renew(session, user_id, token)
+
+    async def reassert_ledger(self, user_id: int, token: str) -> Decimal | None:
+        """Set the buyer's key limit to the ledger (Σ base of delivered orders) and read
+        it back. Returns the confirmed limit, or None when the buyer has no key.
+
+        Used when an order leaves the ledger for good (refund, failure) after a PATCH
+        whose outcome is unknown: it may have landed, and the buyer must not keep
+        spending credit nobody paid for. Raises ``OpenRouterError`` when OpenRouter does
+        not confirm the value: then the caller must record nothing.
+        """
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)  # right before the PATCH
+            target = await repo.delivered_base_sum(session, user_id)
+            key_row = await repo.get_api_key(session, user_id)
+        if key_row is None:
+            return None  # no key was ever stored, so no limit was ever raised
+        key_hash = key_row.openrouter_hash
+        try:
+            await self.openrouter.set_key_limit(key_hash, target)
+        except OpenRouterError as exc:
+            if not exc.transient:
+                raise
+            # The answer may be lost with the change made: the read-back decides.
+        info = await self.openrouter.get_key(key_hash)
+        if info.limit is None or info.limit != target:
+            raise OpenRouterError(
+                "openrouter", f"key limit is {info.limit}, expected {target}", transient=True
+            )
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_row.id)
+                .values(limit_usd=target, updated_at=utcnow())
+            )
+        log.info("key_limit_reasserted user=%s limit=%s", user_id, target)
+        return target
 
     async def _release_user(self, user_id: int, token: str) -> None:
         async with self.sessions() as session, session.begin():
@@ -618,9 +682,35 @@ class Fulfilment:
         log.warning("awaiting_funds order=%s topup=%s", order_id, topup)
 
     async def _attempt_failed(
-        self, order_id: int, user_id: int, token: str, attempts: int, exc: OpenRouterError
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        attempts: int,
+        exc: OpenRouterError,
     ) -> None:
         give_up = not exc.transient or attempts >= self.max_attempts
+        failure: dict[str, Any] = {"error": str(exc), "attempts": attempts}
+        if give_up:
+            # A PATCH of this attempt, or of an earlier one cut short by a crash, may have
+            # landed with its answer lost: the credit may be on the key. A failed order is
+            # out of the ledger, so the key goes back to the ledger without it, confirmed.
+            try:
+                limit = await self.reassert_ledger(user_id, token)
+                if limit is not None:
+                    failure["key_limit"] = str(limit)
+            except OpenRouterError as reassert_error:
+                if reassert_error.transient:
+                    # Can't confirm the key now: don't give up with credit maybe on it;
+                    # the next attempt either delivers or gets here again.
+                    give_up = False
+                    exc = OpenRouterError(
+                        "openrouter",
+                        f"{exc}; key limit not confirmed after it: {reassert_error}",
+                        transient=True,
+                    )
+                else:
+                    failure["key_unconfirmed"] = str(reassert_error)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
             if give_up:
@@ -630,7 +720,7 @@ class Fulfilment:
                     token,
                     OrderStatus.FAILED,
                     kind="fulfilment_failed",
-                    detail={"error": str(exc), "attempts": attempts},
+                    detail=failure,
                     last_error=str(exc)[:2000],
                     # Out of the funds queue; an admin's /retry starts it afresh.
                     funds_needed_usd=None,

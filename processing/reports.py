@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage
 from locales import Translator, translator
-from processing.fulfilment import KEY_NAME_PREFIX, Fulfilment, FundsRecheck
+from processing.fulfilment import KEY_NAME_PREFIX, BuyerBusy, Fulfilment, FundsRecheck, LeaseLost
 from processing.payment_notices import partial_view
 from processing.payments import SETTLED
 from services.admin import (
@@ -38,7 +38,7 @@ from services.admin import (
     days_period,
 )
 from services.clock import utcnow
-from services.errors import ExternalError
+from services.errors import ExternalError, OpenRouterError
 from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
 from services.openrouter import OpenRouterClient
@@ -145,6 +145,34 @@ class AdminOps:
                 await session.execute(select(Order.status).where(Order.id == order_id))
             ).scalar_one()
         return result, status
+
+    async def refund(self, order_id: int, admin_id: int, note: str) -> ActionResult:
+        """/refund: take the order's credit off the buyer's key, confirmed, then record.
+
+        A PATCH for this order may have landed with its answer lost, so the key is set
+        to the ledger without the order and read back first, under the buyer's lease
+        (so no delivery PATCHes in between). If OpenRouter does not confirm it, nothing
+        is recorded and the admin is told why.
+        """
+        check = await self.admin.refundable(order_id)
+        if check.outcome is not ActionOutcome.DONE or check.user_id is None:
+            return check
+        user_id = check.user_id
+        try:
+            async with self.fulfilment.buyer_lease(user_id) as token:
+                limit = await self.fulfilment.reassert_ledger(user_id, token)
+
+                async def fence(session: AsyncSession) -> None:
+                    await self.fulfilment.renew(session, user_id, token)
+
+                return await self.admin.refund(
+                    order_id, admin_id, note, fence=fence, key_limit=limit
+                )
+        except (BuyerBusy, LeaseLost):
+            return ActionResult(ActionOutcome.BUYER_BUSY, check.status, user_id)
+        except OpenRouterError as exc:
+            log.warning("refund_refused order=%s error=%s", order_id, exc)
+            return ActionResult(ActionOutcome.OPENROUTER_DOWN, check.status, user_id, str(exc))
 
     # ------------------------------------------------------------ reconcile
     async def reconcile(self, *, alert: bool = True) -> Reconciliation:

@@ -7,6 +7,7 @@ They listen on loopback only and never reach the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -112,7 +113,10 @@ class FaultRule:
 
     path: str = ""  # prefix of the request path; "" matches all
     method: str = "*"
-    mode: str = "status"  # status | timeout | drop
+    # status | timeout | drop answer instead of the route; apply_then_status and
+    # apply_then_drop let the route act (create, PATCH, …) and then lose its answer,
+    # as a provider does when it fails after committing the change.
+    mode: str = "status"
     status: int = 503
     body: Any = None
     count: int | None = 1  # how many matching requests; None = until cleared
@@ -170,9 +174,12 @@ class FaultInjector:
         if rule is None:
             return await handler(request)
         self.hits += 1
+        if rule.mode.startswith("apply_then_"):
+            with contextlib.suppress(web.HTTPException):
+                await handler(request)  # the change is made; its answer is thrown away
         if rule.mode == "timeout":
             await asyncio.sleep(rule.delay)
-        elif rule.mode == "drop":
+        elif rule.mode in ("drop", "apply_then_drop"):
             # Close the socket without an answer: the client sees a dropped connection.
             transport = request.transport
             if transport is not None:

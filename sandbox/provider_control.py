@@ -35,8 +35,8 @@ class _ControlClient(ControlClient):
         return result
 
     async def add_fault(self, **spec: Any) -> Any:
-        """Rule spec: path (prefix), method, mode (status|timeout|drop), status, body,
-        count (None = until cleared), rate, delay."""
+        """Rule spec: path (prefix), method, mode (status|timeout|drop|apply_then_status|
+        apply_then_drop), status, body, count (None = until cleared), rate, delay."""
         return await self._call("POST", "/control/faults", spec)
 
     async def clear_faults(self) -> Any:

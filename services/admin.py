@@ -7,6 +7,7 @@ text, and SQL SUM would go through float.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -35,7 +36,9 @@ EARNING = (
 # /retry puts these back to `paid` (a `paid` one may be stuck behind a long back-off).
 RETRYABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
 # /refund: money arrived and no credit was granted. Delivered orders carry credit on the
-# buyer's key; unpaid ones have nothing to give back.
+# buyer's key (the buyer may have spent it); unpaid ones have nothing to give back. One of
+# these may still carry credit from a PATCH whose answer was lost: AdminOps.refund takes
+# it off the key, confirmed, before the refund is recorded.
 REFUNDABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
 # ...and these only when part of a payment arrived (partial_seen).
 REFUNDABLE_IF_PARTIAL = (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
@@ -103,6 +106,9 @@ class ActionOutcome(StrEnum):
     DONE = "done"
     NOT_FOUND = "not_found"
     WRONG_STATE = "wrong_state"
+    # /refund only: the buyer's key could not be confirmed, so nothing was recorded.
+    BUYER_BUSY = "buyer_busy"
+    OPENROUTER_DOWN = "openrouter_down"
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,12 @@ class ActionResult:
     outcome: ActionOutcome
     status: str | None = None  # the order's status before (or, if refused, now)
     user_id: int | None = None
+    error: str | None = None
+
+
+# Runs first in the transaction that records a refund: re-asserts the buyer's lease, or
+# raises (rolling the transaction back) when it was lost.
+Fence = Callable[[AsyncSession], Awaitable[None]]
 
 
 class AdminService:
@@ -217,18 +229,47 @@ class AdminService:
                 return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
             return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
 
-    async def refund(self, order_id: int, admin_id: int, note: str) -> ActionResult:
-        """Record that the operator refunded the buyer by hand (no crypto moves here)."""
+    async def refundable(self, order_id: int) -> ActionResult:
+        """Whether /refund may go ahead (DONE, with the buyer), without changing anything."""
         if not 0 < order_id <= MAX_ROW_ID:
             return ActionResult(ActionOutcome.NOT_FOUND)
-        async with self.sessions() as session, session.begin():
+        async with self.sessions() as session:
             order = await session.get(Order, order_id)
             if order is None:
                 return ActionResult(ActionOutcome.NOT_FOUND)
+            status = OrderStatus(order.status)
+            if status in REFUNDABLE or (status in REFUNDABLE_IF_PARTIAL and order.partial_seen):
+                return ActionResult(ActionOutcome.DONE, order.status, order.user_id)
+            return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+
+    async def refund(
+        self,
+        order_id: int,
+        admin_id: int,
+        note: str,
+        *,
+        fence: Fence | None = None,
+        key_limit: Decimal | None = None,
+    ) -> ActionResult:
+        """Record that the operator refunded the buyer by hand (no crypto moves here).
+
+        The caller has already put the buyer's key at the ledger without this order
+        (``key_limit``, confirmed by OpenRouter) under the buyer's lease; ``fence``
+        re-asserts that lease in this transaction.
+        """
+        async with self.sessions() as session, session.begin():
+            if fence is not None:
+                await fence(session)
+            order = await session.get(Order, order_id)
+            if order is None:
+                return ActionResult(ActionOutcome.NOT_FOUND)
+            detail: dict[str, Any] = {"note": note}
+            if key_limit is not None:
+                detail["key_limit"] = str(key_limit)
             common: dict[str, Any] = {
                 "actor": f"admin:{admin_id}",
                 "kind": "refunded",
-                "detail": {"note": note},
+                "detail": detail,
                 "refund_note": note,
                 "lease_owner": None,
                 "lease_until": None,

@@ -22,6 +22,24 @@ from services.jsonutil import dumps, loads
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_ATTEMPTS = 3
+DEFAULT_BACKOFF = 0.3
+# The back-off before attempt n+1 is backoff × 2^(n-1) × a jitter factor in [0.5, 1.5).
+MAX_JITTER = 1.5
+
+
+def worst_call_seconds(
+    timeout: float = DEFAULT_TIMEOUT,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+) -> float:
+    """The longest one ``JsonHttp.request`` can take: every attempt runs into its
+    deadline, with the longest back-off between them. Leases that cover a call must
+    outlast this (bot/settings.py)."""
+    attempts = max(1, attempts)
+    pauses = sum(backoff * 2.0 ** (n - 1) * MAX_JITTER for n in range(1, attempts))
+    return float(attempts * timeout + pauses)
 
 
 def parse_json(content: bytes) -> Any:
@@ -39,13 +57,14 @@ class JsonHttp:
         *,
         error_type: type[ExternalError],
         headers: dict[str, str] | None = None,
-        timeout: float = 10.0,
-        attempts: int = 3,
-        backoff: float = 0.3,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.service = service
         self.error_type = error_type
+        self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self._client = httpx.AsyncClient(
@@ -77,14 +96,17 @@ class JsonHttp:
         last: ExternalError | None = None
         for attempt in range(1, self.attempts + 1):
             try:
-                response = await self._client.request(
-                    method, path, content=content, params=params, headers=send_headers
-                )
+                # httpx's timeouts bound each phase (connect, each read…), not the whole
+                # attempt; this deadline does, so worst_call_seconds() is a real bound.
+                async with asyncio.timeout(self.timeout):
+                    response = await self._client.request(
+                        method, path, content=content, params=params, headers=send_headers
+                    )
             except httpx.ConnectError as exc:
                 last = self.error_type(
                     self.service, f"{method} {path}: cannot connect: {exc}", transient=True
                 )
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+            except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as exc:
                 last = self.error_type(
                     self.service, f"{method} {path}: {type(exc).__name__}", transient=True
                 )
@@ -114,7 +136,8 @@ class JsonHttp:
                 if not transient or not idempotent:
                     raise last
             if attempt < self.attempts:
-                delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+                jitter = 0.5 + random.random()  # below MAX_JITTER
+                delay = self.backoff * (2 ** (attempt - 1)) * jitter
                 log.warning(
                     "external_retry service=%s attempt=%d error=%s", self.service, attempt, last
                 )

@@ -7,6 +7,7 @@ the bot never buys credit, it only raises a paid-for key limit.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,11 +17,28 @@ from typing import Any
 import httpx
 
 from services.errors import OpenRouterError
-from services.http import JsonHttp
+from services.http import JsonHttp, worst_call_seconds
 from services.money import to_decimal
 from services.pricing import ModelPrice
 
 KEYS_PAGE_SIZE = 100
+OPENROUTER_TIMEOUT = 10.0  # seconds per attempt
+OPENROUTER_ATTEMPTS = 3
+# One OpenRouter call with all its retries, at most (31.35 s with the values above).
+OPENROUTER_WORST_CALL_SECONDS = worst_call_seconds(OPENROUTER_TIMEOUT, OPENROUTER_ATTEMPTS)
+# Room on top of that for the commit that re-asserts a lease right before the PATCH and
+# for clock skew between replicas (a lease's expiry is written by one, read by another).
+LEASE_MARGIN_SECONDS = 5.0
+
+
+def min_lease_seconds(worst_call: float = OPENROUTER_WORST_CALL_SECONDS) -> int:
+    """The shortest lease that outlasts one OpenRouter call with all its retries.
+
+    A holder re-asserts its lease right before a PATCH; if the lease could run out
+    while that PATCH (or one of its retries) is still on its way, another worker could
+    take over and write a newer limit that the stale PATCH then overwrites.
+    """
+    return math.ceil(worst_call + LEASE_MARGIN_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -75,8 +93,8 @@ class OpenRouterClient:
         management_key: str,
         *,
         api_key: str | None = None,
-        timeout: float = 10.0,
-        attempts: int = 3,
+        timeout: float = OPENROUTER_TIMEOUT,
+        attempts: int = OPENROUTER_ATTEMPTS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._mgmt = JsonHttp(
@@ -98,6 +116,11 @@ class OpenRouterClient:
             attempts=attempts,
             transport=transport,
         )
+
+    @property
+    def worst_call_seconds(self) -> float:
+        """The longest one management call (with its retries) can take on this client."""
+        return worst_call_seconds(self._mgmt.timeout, self._mgmt.attempts, self._mgmt.backoff)
 
     async def aclose(self) -> None:
         await self._mgmt.aclose()

@@ -404,3 +404,29 @@ async def test_webhook_mode_without_url_never_calls_set_webhook(tmp_path: Path) 
     with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_URL"):
         async with running_env(tmp_path, telegram_mode="webhook", telegram_webhook_url=None):
             pass
+
+
+# ------------------------------------------------------------------------ leases
+@pytest.mark.parametrize("name", ["FULFILMENT_LEASE_SECONDS", "FUNDS_LEASE_SECONDS"])
+def test_a_lease_shorter_than_the_worst_openrouter_call_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Issue 9 §8: a lease must outlast one OpenRouter call with all its retries, or a
+    stalled holder's PATCH can land after another worker took the buyer (or the funds)."""
+    # 30 s was the old minimum: three 10 s attempts, and no room for the back-off.
+    monkeypatch.setenv(name, "30")
+    with pytest.raises(ConfigError):
+        load_settings()
+    from services.openrouter import OPENROUTER_WORST_CALL_SECONDS, min_lease_seconds
+
+    minimum = min_lease_seconds()
+    # 3 attempts × 10 s, plus the back-off between them, plus the margin.
+    assert OPENROUTER_WORST_CALL_SECONDS > 30 and minimum > OPENROUTER_WORST_CALL_SECONDS
+    monkeypatch.setenv(name, str(minimum - 1))
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(name + " "), message
+    assert str(minimum) in message
+    monkeypatch.setenv(name, str(minimum))
+    assert getattr(load_settings(), name.lower()) == minimum

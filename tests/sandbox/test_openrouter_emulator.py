@@ -312,3 +312,27 @@ async def test_reset(env: Env) -> None:
     assert await env.control.keys() == []
     assert await env.control.requests() == []
     assert (await env.control.credits())["data"]["total_credits"] == Decimal(100)
+
+
+async def test_applied_then_answer_lost(env: Env) -> None:
+    """The change lands, the answer does not: a 500 after applying, or a dropped socket."""
+    data, _ = await create_key(env, "applied", Decimal("1"))
+    path = f"/api/v1/keys/{data['hash']}"
+    await env.control.add_fault(path=path, method="PATCH", mode="apply_then_status", status=500)
+    status, body = await env.call("PATCH", f"/keys/{data['hash']}", body={"limit": Decimal("2")})
+    assert status == 500 and body["error"]["code"] == 500
+    assert (await env.call("GET", f"/keys/{data['hash']}"))[1]["data"]["limit"] == Decimal("2")
+
+    await env.control.add_fault(path=path, method="PATCH", mode="apply_then_drop")
+    with pytest.raises(httpx.TransportError):
+        await env.http.patch(
+            f"/keys/{data['hash']}",
+            headers={"Authorization": f"Bearer {MGMT}", "Content-Type": "application/json"},
+            content=dumps({"limit": Decimal("3")}),
+        )
+    assert (await env.call("GET", f"/keys/{data['hash']}"))[1]["data"]["limit"] == Decimal("3")
+    # Generic: any mutating route, e.g. creating a key.
+    await env.control.add_fault(path="/api/v1/keys", method="POST", mode="apply_then_status")
+    status, _ = await env.call("POST", "/keys", body={"name": "ghost"})
+    assert status == 503
+    assert [k["name"] for k in await env.control.keys()].count("ghost") == 1
