@@ -7,7 +7,6 @@ text ("Bad Request: message is too long"); every answer here is checked there.
 from __future__ import annotations
 
 import asyncio
-
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
