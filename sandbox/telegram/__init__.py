@@ -91,7 +91,8 @@ The package, bottom up (each module imports only those above it):
 - ``state``: the bot's state, the call log and shared helpers (``EmulatorState``)
 - ``delivery``: the update queue and the webhook sender
 - ``botapi``: the Bot API methods
-- ``control``: the ``/control/`` routes
+- ``control``: the ``/control/`` routes that read what the bot did and set the knobs
+- ``users``: the ``/control/`` routes that play the user (write, press, block, upgrade)
 - ``emulator``: ``TelegramEmulator``, the aiohttp app joining them
 """
 

@@ -19,13 +19,14 @@ from sandbox.telegram.limits import CALLBACK_MAX_AGE
 from sandbox.telegram.model import Event
 from sandbox.telegram.params import as_int, read_params
 from sandbox.telegram.state import UNLOGGED_METHODS
+from sandbox.telegram.users import SimulatedUsers
 
 _PARAMS_KEY = web.RequestKey("tg_params", dict)
 _PARAMS_ERROR_KEY = web.RequestKey("tg_params_error", BotApiError)
 _HANDLED_KEY = web.RequestKey("tg_handled", bool)
 
 
-class TelegramEmulator(BotApiMethods, ControlRoutes):
+class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers):
     """Bot API + control API for one bot token."""
 
     def __init__(
@@ -111,7 +112,26 @@ class TelegramEmulator(BotApiMethods, ControlRoutes):
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._bot_api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-        self._add_control_routes(app)
+        c = "/control"
+        app.router.add_post(f"{c}/chats", self._control_register_chat)
+        app.router.add_post(f"{c}/chats/{{chat_id}}/upgrade", self._control_upgrade_chat)
+        app.router.add_get(f"{c}/chats/{{chat_id}}/messages", self._control_messages)
+        app.router.add_get(f"{c}/chats/{{chat_id}}/wait", self._control_chat_wait)
+        app.router.add_post(f"{c}/updates/message", self._control_message)
+        app.router.add_post(f"{c}/updates/callback", self._control_callback)
+        app.router.add_post(f"{c}/updates/press", self._control_press)
+        app.router.add_get(f"{c}/events", self._control_events)
+        app.router.add_get(f"{c}/callback_answers", self._control_callback_answers)
+        app.router.add_get(f"{c}/callback_answers/{{query_id}}", self._control_callback_answer)
+        app.router.add_get(f"{c}/files/{{file_id}}", self._control_file)
+        app.router.add_post(f"{c}/users/{{user_id}}/block", self._control_block)
+        app.router.add_post(f"{c}/callback_queries", self._control_set_callback_age)
+        app.router.add_get(f"{c}/callback_queries", self._control_get_callback_age)
+        app.router.add_get(f"{c}/state", self._control_state)
+        app.router.add_post(f"{c}/reset", self._control_reset)
+        app.router.add_post(f"{c}/limits", self._control_set_limits)
+        app.router.add_get(f"{c}/limits", self._control_get_limits)
+        app.router.add_get(f"{c}/rate_stats", self._control_rate_stats)
 
     @web.middleware
     async def _bot_api_middleware(

@@ -2,7 +2,8 @@
 notification, and the helpers that turn Bot API parameters into chats, messages and files.
 
 ``TelegramEmulator`` (``sandbox.telegram.emulator``) is this plus the Bot API methods
-(``botapi``), the update delivery (``delivery``) and the control routes (``control``).
+(``botapi``), the update delivery (``delivery``) and the control routes (``control``,
+``users``).
 """
 
 from __future__ import annotations
