@@ -4,6 +4,8 @@ Speaks the wire shapes of ``shared/reference/providers.md`` under ``/api`` (the 
 configured with ``KRYPTO_EXPRESS_API_URL = <url>/api``). The provider's error format is
 undocumented; this emulator answers errors the way a Spring Boot service does:
 ``{"timestamp", "status", "error", "message", "path"}``.
+This module is the app, its routes and the callback sender; payments, delivery options,
+currency maths and signatures live in ``sandbox.kryptoexpress_model``.
 
 Provider behaviour reproduced on purpose:
 
@@ -44,254 +46,40 @@ payment's numeric id *or* its 64-hex hash:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import itertools
-import json
 import random
-import time
 import uuid
-from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, localcontext
-from http import HTTPStatus
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sandbox.common import FaultInjector, RequestLog, dumps, json_response, loads, now_iso
+from sandbox.common import FaultInjector, RequestLog, dumps, json_response, now_iso
+from sandbox.kryptoexpress_model import (
+    DEFAULT_CURRENCIES,
+    DEFAULT_PRICES,
+    FIRST_PAYMENT_ID,
+    MIN_FIAT_AMOUNT,
+    PAYMENT_TYPES,
+    ApiError,
+    DeliveryOptions,
+    Payment,
+    bool_field,
+    crypto_amount_for,
+    is_stable,
+    json_object,
+    make_address,
+    now_ms,
+    parse_amount,
+    python_compact,
+    sign_callback,
+)
 
 API_PREFIX = "/api"
 CONTROL_PREFIX = "/control"
-FIRST_PAYMENT_ID = 634
-MIN_FIAT_AMOUNT = Decimal("1.00")
-PAYMENT_TYPES = ("PAYMENT", "DEPOSIT")
-STABLE_PREFIXES = ("USDT_", "USDC_")
-DEFAULT_CURRENCIES = [
-    "BTC",
-    "LTC",
-    "ETH",
-    "SOL",
-    "USDT_TRC20",
-    "USDT_ERC20",
-    "USDT_BEP20",
-    "USDC_ERC20",
-]
-DEFAULT_PRICES: dict[str, Decimal] = {
-    "BTC": Decimal("65000.00"),
-    "ETH": Decimal("3000.00"),
-    "LTC": Decimal("80.00"),
-    "SOL": Decimal("150.00"),
-    "BNB": Decimal("600.00"),
-    "DOGE": Decimal("0.15"),
-    "TRX": Decimal("0.25"),
-}
-SIGNATURES = ("valid", "none", "bad")
-SIGNATURE_MODES = ("raw", "python")
-
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_HEX = "0123456789abcdef"
-
-
-# ------------------------------------------------------------------ pure helpers
-def is_stable(code: str) -> bool:
-    return code.startswith(STABLE_PREFIXES)
-
-
-def crypto_places(code: str) -> int:
-    return 6 if is_stable(code) else 8
-
-
-def crypto_amount_for(fiat_amount: Decimal, price: Decimal, code: str) -> Decimal:
-    """Fiat → crypto, rounded up to the currency's precision (the buyer never pays short)."""
-    with localcontext() as ctx:
-        ctx.prec = 50
-        return (fiat_amount / price).quantize(
-            Decimal(1).scaleb(-crypto_places(code)), rounding=ROUND_CEILING
-        )
-
-
-def sign_callback(secret: str, message: bytes) -> str:
-    """The provider's ``X-Signature``: hex HMAC-SHA512, key = the secret's bytes."""
-    return hmac.new(secret.encode(), message, hashlib.sha512).hexdigest()
-
-
-def python_compact(body: bytes) -> bytes:
-    """The re-serialisation the provider's docs sign: ``json.dumps(json.loads(body),
-    separators=(",", ":"))``. Floats on purpose — it writes ``1.2e-05``, not ``0.000012``."""
-    return json.dumps(json.loads(body), separators=(",", ":")).encode()
-
-
-def make_address(code: str, rng: random.Random) -> str:
-    """A realistic-looking deposit address for the currency's network (not a real one)."""
-
-    def pick(alphabet: str, n: int) -> str:
-        return "".join(rng.choice(alphabet) for _ in range(n))
-
-    network = code.split("_", 1)[1] if "_" in code else code
-    if network == "BTC":
-        return "bc1q" + pick(_BECH32, 38)
-    if network == "LTC":
-        return "ltc1q" + pick(_BECH32, 38)
-    if network in ("SOL",):
-        return pick(_BASE58, 44)
-    if network in ("TRC20", "TRX"):
-        return "T" + pick(_BASE58, 33)
-    if network == "DOGE":
-        return "D" + pick(_BASE58, 33)
-    return "0x" + pick(_HEX, 40)  # ETH, ERC20, BEP20, BNB and other EVM chains
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class ApiError(Exception):
-    """An error answer. Body: Spring Boot's default shape (the real one is undocumented)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def response(self, path: str) -> web.Response:
-        body = {
-            "timestamp": now_iso(),
-            "status": self.status,
-            "error": HTTPStatus(self.status).phrase,
-            "message": self.message,
-            "path": path,
-        }
-        return json_response(body, status=self.status)
-
-
-def _amount(value: Any, name: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise ApiError(400, f"{name} must be a number")
-    amount = Decimal(value)
-    if not amount.is_finite():
-        raise ApiError(400, f"{name} must be a finite number")
-    return amount
-
-
-def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be a boolean")
-    return value
-
-
-async def _json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "Required request body is missing")
-        return {}
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"JSON parse error: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
-
-
-# ------------------------------------------------------------------------ state
-@dataclass
-class Payment:
-    id: int
-    payment_type: str
-    fiat_currency: str
-    fiat_amount: Decimal
-    crypto_amount: Decimal
-    user_id: str
-    crypto_currency: str
-    expire_ms: int
-    create_ms: int
-    address: str
-    hash: str
-    callback_url: str | None
-    callback_secret: str | None
-    is_paid: bool = False
-    is_withdrawn: bool = False
-    paid_ms: int | None = None
-    received: Decimal = Decimal(0)
-    transfers: list[dict[str, Any]] = field(default_factory=list)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def missing(self) -> Decimal:
-        return max(self.crypto_amount - self.received, Decimal(0))
-
-    @property
-    def expired(self) -> bool:
-        return _now_ms() > self.expire_ms
-
-    def receive(self, amount: Decimal) -> None:
-        self.received += amount
-        self.transfers.append({"amount": amount, "at": now_iso()})
-        if not self.is_paid and self.received >= self.crypto_amount:
-            self.is_paid = True
-            self.paid_ms = _now_ms()
-
-    def to_api(self, *, with_paid_at: bool = False, with_received: bool = False) -> dict[str, Any]:
-        # Key order as in the provider's documentation (it matters to a raw-body signature).
-        body: dict[str, Any] = {
-            "id": self.id,
-            "paymentType": self.payment_type,
-            "fiatCurrency": self.fiat_currency,
-            "fiatAmount": self.fiat_amount,
-            "cryptoAmount": self.crypto_amount,
-            "userId": self.user_id,
-            "cryptoCurrency": self.crypto_currency,
-            "expireDatetime": self.expire_ms,
-            "createDatetime": self.create_ms,
-            "address": self.address,
-            "isPaid": self.is_paid,
-            "isWithdrawn": self.is_withdrawn,
-            "hash": self.hash,
-            "callbackUrl": self.callback_url,
-        }
-        if with_paid_at:  # newer SDKs show it; off by default like the documented object
-            body["paidAt"] = self.paid_ms
-        if with_received:  # not documented anywhere: a test variant (see the module doc)
-            body["receivedAmount"] = self.received
-        return body
-
-
-@dataclass(frozen=True)
-class DeliveryOptions:
-    signature: str = "valid"  # valid | none | bad
-    signature_mode: str = "raw"  # raw | python
-    deliveries: int = 1
-    concurrent: bool = False
-    wait: bool = True
-    body_override: dict[str, Any] | None = None
-
-    @classmethod
-    def parse(cls, body: dict[str, Any], *, allow_override: bool = False) -> DeliveryOptions:
-        signature = body.get("signature", "valid")
-        if signature not in SIGNATURES:
-            raise ApiError(400, f"signature must be one of {', '.join(SIGNATURES)}")
-        mode = body.get("signature_mode", "raw")
-        if mode not in SIGNATURE_MODES:
-            raise ApiError(400, f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}")
-        deliveries = body.get("deliveries", 1)
-        if isinstance(deliveries, bool) or not isinstance(deliveries, int) or deliveries < 1:
-            raise ApiError(400, "deliveries must be a positive integer")
-        override = body.get("body_override")
-        if override is not None and (not allow_override or not isinstance(override, dict)):
-            raise ApiError(400, "body_override must be a JSON object (callback route only)")
-        return cls(
-            signature=signature,
-            signature_mode=mode,
-            deliveries=deliveries,
-            concurrent=_bool(body, "concurrent", False),
-            wait=_bool(body, "wait", True),
-            body_override=override,
-        )
 
 
 class KryptoExpressEmulator:
@@ -429,13 +217,13 @@ class KryptoExpressEmulator:
     # ------------------------------------------------------------- API routes
     async def create_payment(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
-        body = await _json_object(request)
+        body = await json_object(request)
         payment_type = body.get("paymentType")
         if payment_type not in PAYMENT_TYPES:
             raise ApiError(400, "paymentType must be PAYMENT or DEPOSIT")
         if body.get("fiatCurrency") != "USD":
             raise ApiError(400, "fiatCurrency not supported")
-        fiat_amount = _amount(body.get("fiatAmount"), "fiatAmount")
+        fiat_amount = parse_amount(body.get("fiatAmount"), "fiatAmount")
         if fiat_amount < MIN_FIAT_AMOUNT:
             raise ApiError(400, "fiatAmount must be at least 1.00")
         code = body.get("cryptoCurrency")
@@ -448,7 +236,7 @@ class KryptoExpressEmulator:
         for name, value in (("callbackUrl", callback_url), ("callbackSecret", callback_secret)):
             if value is not None and not isinstance(value, str):
                 raise ApiError(400, f"{name} must be a string")
-        now = _now_ms()
+        now = now_ms()
         payment = Payment(
             id=next(self._ids),
             payment_type=payment_type,
@@ -609,15 +397,15 @@ class KryptoExpressEmulator:
     async def control_pay(self, request: web.Request) -> web.Response:
         """A transfer arrives on the payment's address (then, by default, a callback)."""
         payment = self._payment(request.match_info["ref"])
-        body = await _json_object(request, required=False)
+        body = await json_object(request, required=False)
         options = DeliveryOptions.parse(body)
-        send_callback = _bool(body, "callback", True)
+        send_callback = bool_field(body, "callback", True)
         if body.get("amount") is None:
             amount = payment.missing
             if amount <= 0:
                 raise ApiError(409, "Payment is already fully paid; give an amount to overpay")
         else:
-            amount = _amount(body["amount"], "amount")
+            amount = parse_amount(body["amount"], "amount")
             if amount <= 0:
                 raise ApiError(400, "amount must be positive")
         payment.receive(amount)
@@ -632,32 +420,32 @@ class KryptoExpressEmulator:
 
     async def control_expire(self, request: web.Request) -> web.Response:
         payment = self._payment(request.match_info["ref"])
-        body = await _json_object(request, required=False)
+        body = await json_object(request, required=False)
         options = DeliveryOptions.parse(body)
-        payment.expire_ms = _now_ms() - 1000
-        send_callback = _bool(body, "callback", False)
+        payment.expire_ms = now_ms() - 1000
+        send_callback = bool_field(body, "callback", False)
         deliveries = await self._send_callbacks(payment, options) if send_callback else []
         return json_response({"payment": self._wire(payment), "deliveries": deliveries})
 
     async def control_callback(self, request: web.Request) -> web.Response:
         payment = self._payment(request.match_info["ref"])
-        body = await _json_object(request, required=False)
+        body = await json_object(request, required=False)
         options = DeliveryOptions.parse(body, allow_override=True)
         deliveries = await self._send_callbacks(payment, options)
         return json_response({"payment": self._wire(payment), "deliveries": deliveries})
 
     async def control_prices(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        prices = {code: _amount(value, code) for code, value in body.items()}
+        body = await json_object(request)
+        prices = {code: parse_amount(value, code) for code, value in body.items()}
         if any(price <= 0 for price in prices.values()):
             raise ApiError(400, "prices must be positive")
         self.prices.update(prices)
         return json_response(self.prices)
 
     async def control_options(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        self.report_received = _bool(body, "report_received", self.report_received)
-        self.include_paid_at = _bool(body, "include_paid_at", self.include_paid_at)
+        body = await json_object(request)
+        self.report_received = bool_field(body, "report_received", self.report_received)
+        self.include_paid_at = bool_field(body, "include_paid_at", self.include_paid_at)
         return json_response(
             {"report_received": self.report_received, "include_paid_at": self.include_paid_at}
         )

@@ -4,6 +4,8 @@ Speaks the wire shapes of ``shared/reference/providers.md`` under ``/api/v1`` (t
 configured with ``OPENROUTER_BASE_URL = <url>/api/v1``). Errors use OpenRouter's envelope
 ``{"error": {"code": N, "message": "..."}}`` with HTTP status = code, including for
 unknown routes. Every amount is a ``Decimal``; request bodies are parsed with ``loads``.
+This module is the app and its routes; the catalogue, keys, error envelope and input
+rules live in ``sandbox.openrouter_model``.
 
 Test steering lives under ``/control/`` (never faulted, never logged):
 
@@ -31,288 +33,29 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sandbox.common import FaultInjector, RequestLog, json_response, loads, now_iso, plain_number
+from sandbox.common import FaultInjector, RequestLog, json_response, loads, now_iso
+from sandbox.openrouter_model import (
+    DEFAULT_MODELS,
+    ApiError,
+    Key,
+    Model,
+    json_object,
+    optional_bool,
+    parse_amount,
+    parse_limit_reset,
+)
 
 API_PREFIX = "/api/v1"
 CONTROL_PREFIX = "/control"
 KEYS_PAGE_SIZE = 100
 DEFAULT_MAX_TOKENS = 100
-LIMIT_RESETS = ("daily", "weekly", "monthly")
-
-# id, name, prompt price, completion price (USD per token, as OpenRouter writes them), context
-DEFAULT_MODELS: list[dict[str, Any]] = [
-    {
-        "id": "anthropic/claude-3-sonnet",
-        "name": "Anthropic: Claude 3 Sonnet",
-        "prompt": "0.000003",
-        "completion": "0.000015",
-        "context_length": 200000,
-    },
-    {
-        "id": "openai/gpt-4o-mini",
-        "name": "OpenAI: GPT-4o-mini",
-        "prompt": "0.00000015",
-        "completion": "0.0000006",
-        "context_length": 128000,
-    },
-    {
-        "id": "meta-llama/llama-3.1-8b-instruct",
-        "name": "Meta: Llama 3.1 8B Instruct",
-        "prompt": "0.00000002",
-        "completion": "0.00000005",
-        "context_length": 131072,
-    },
-    {
-        "id": "google/gemini-flash-1.5",
-        "name": "Google: Gemini Flash 1.5",
-        "prompt": "0.000000075",
-        "completion": "0.0000003",
-        "context_length": 1000000,
-    },
-    {
-        "id": "mistralai/mistral-7b-instruct:free",
-        "name": "Mistral: Mistral 7B Instruct (free)",
-        "prompt": "0",
-        "completion": "0",
-        "context_length": 32768,
-    },
-    {
-        # A router: its price depends on the model it picks, written as "-1".
-        "id": "openrouter/auto",
-        "name": "Auto Router",
-        "prompt": "-1",
-        "completion": "-1",
-        "context_length": 2000000,
-    },
-]
-
-
-class ApiError(Exception):
-    """An OpenRouter error answer: HTTP status = ``code``, body = the error envelope."""
-
-    def __init__(self, code: int, message: str, metadata: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.metadata = metadata
-
-    def response(self) -> web.Response:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.metadata is not None:
-            error["metadata"] = self.metadata
-        return json_response({"error": error}, status=self.code)
-
-
-def _amount(value: Any, field_name: str, *, allow_negative: bool = False) -> Decimal:
-    """A JSON number (int or Decimal from ``loads``) as Decimal; bools and strings refused."""
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise ApiError(400, f"{field_name} must be a number")
-    amount = Decimal(value)
-    if not amount.is_finite() or (amount < 0 and not allow_negative):
-        raise ApiError(400, f"{field_name} must be a non-negative number")
-    return amount
-
-
-def _price(value: Any, field_name: str) -> Decimal:
-    """A catalogue price: decimal string or JSON number ("-1" = variable)."""
-    if isinstance(value, bool):
-        raise ApiError(400, f"{field_name} must be a decimal string or number")
-    try:
-        price = Decimal(value) if isinstance(value, int | Decimal | str) else None
-    except InvalidOperation:
-        price = None
-    if price is None or not price.is_finite():
-        raise ApiError(400, f"{field_name} must be a decimal string or number")
-    return price
-
-
-def _optional_bool(body: dict[str, Any], name: str) -> bool | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be a boolean")
-    return value
-
-
-def _limit_reset(value: Any) -> str | None:
-    if value is None or value in LIMIT_RESETS:
-        return value  # type: ignore[no-any-return]
-    raise ApiError(400, "limit_reset must be one of daily, weekly, monthly or null")
-
-
-async def _json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "Request body must be a JSON object")
-        return {}
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"Invalid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
-
-
-@dataclass
-class Model:
-    id: str
-    name: str
-    prompt: Decimal
-    completion: Decimal
-    context_length: int = 128000
-    created: int = field(default_factory=lambda: int(time.time()) - 86400 * 365)
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> Model:
-        """From ``{id, name?, prompt, completion}`` or a full API object with ``pricing``."""
-        if not isinstance(spec, dict) or not isinstance(spec.get("id"), str):
-            raise ApiError(400, "each model needs a string id")
-        nested = spec.get("pricing")
-        pricing: dict[str, Any] = nested if isinstance(nested, dict) else spec
-        context = spec.get("context_length", 128000)
-        return cls(
-            id=spec["id"],
-            name=str(spec.get("name") or spec["id"]),
-            prompt=_price(pricing.get("prompt", "0"), "prompt"),
-            completion=_price(pricing.get("completion", "0"), "completion"),
-            context_length=context if isinstance(context, int) else 128000,
-        )
-
-    def to_api(self) -> dict[str, Any]:
-        # Prices are decimal *strings*, USD per token: that is how OpenRouter writes them.
-        return {
-            "id": self.id,
-            "canonical_slug": self.id,
-            "name": self.name,
-            "created": self.created,
-            "description": f"{self.name} (emulated)",
-            "context_length": self.context_length,
-            "architecture": {
-                "modality": "text->text",
-                "input_modalities": ["text"],
-                "output_modalities": ["text"],
-                "tokenizer": "Other",
-                "instruct_type": None,
-            },
-            "pricing": {
-                "prompt": plain_number(self.prompt),
-                "completion": plain_number(self.completion),
-                "request": "0",
-                "image": "0",
-            },
-            "top_provider": {
-                "context_length": self.context_length,
-                "max_completion_tokens": None,
-                "is_moderated": False,
-            },
-            "per_request_limits": None,
-            "supported_parameters": ["max_tokens", "temperature", "top_p", "stop"],
-        }
-
-
-@dataclass
-class Key:
-    key: str  # plaintext "sk-or-v1-<64 hex>", shown by the API only at creation
-    name: str
-    limit: Decimal | None = None
-    limit_reset: str | None = None
-    include_byok_in_limit: bool = False
-    expires_at: str | None = None
-    disabled: bool = False
-    deleted: bool = False
-    created_at: str = field(default_factory=now_iso)
-    updated_at: str | None = None
-    usage: Decimal = Decimal(0)
-    usage_daily: Decimal = Decimal(0)
-    usage_weekly: Decimal = Decimal(0)
-    usage_monthly: Decimal = Decimal(0)
-
-    @classmethod
-    def new(cls, name: str) -> Key:
-        return cls(key="sk-or-v1-" + secrets.token_hex(32), name=name)
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(self.key.encode()).hexdigest()
-
-    @property
-    def label(self) -> str:
-        secret = self.key.removeprefix("sk-or-v1-")
-        return f"sk-or-v1-{secret[:3]}...{secret[-4:]}"
-
-    def period_usage(self) -> Decimal:
-        """The usage the limit is counted against: the reset period's, or all of it."""
-        if self.limit_reset == "daily":
-            return self.usage_daily
-        if self.limit_reset == "weekly":
-            return self.usage_weekly
-        if self.limit_reset == "monthly":
-            return self.usage_monthly
-        return self.usage
-
-    @property
-    def limit_remaining(self) -> Decimal | None:
-        # Not clamped at zero: a test may push usage past the limit on purpose.
-        return None if self.limit is None else self.limit - self.period_usage()
-
-    def expired(self) -> bool:
-        if self.expires_at is None:
-            return False
-        try:
-            moment = datetime.fromisoformat(self.expires_at)
-        except ValueError:
-            return False
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment <= datetime.now(UTC)
-
-    def add_usage(
-        self,
-        amount: Decimal,
-        *,
-        daily: Decimal | None = None,
-        weekly: Decimal | None = None,
-        monthly: Decimal | None = None,
-    ) -> None:
-        self.usage += amount
-        self.usage_daily += amount if daily is None else daily
-        self.usage_weekly += amount if weekly is None else weekly
-        self.usage_monthly += amount if monthly is None else monthly
-
-    def to_api(self) -> dict[str, Any]:
-        zero = Decimal(0)
-        return {
-            "hash": self.hash,
-            "name": self.name,
-            "label": self.label,
-            "disabled": self.disabled,
-            "limit": self.limit,
-            "limit_remaining": self.limit_remaining,
-            "limit_reset": self.limit_reset,
-            "include_byok_in_limit": self.include_byok_in_limit,
-            "usage": self.usage,
-            "usage_daily": self.usage_daily,
-            "usage_weekly": self.usage_weekly,
-            "usage_monthly": self.usage_monthly,
-            "byok_usage": zero,
-            "byok_usage_daily": zero,
-            "byok_usage_weekly": zero,
-            "byok_usage_monthly": zero,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "expires_at": self.expires_at,
-        }
 
 
 class OpenRouterEmulator:
@@ -447,15 +190,15 @@ class OpenRouterEmulator:
 
     async def create_key(self, request: web.Request) -> web.Response:
         self._require_management(request)
-        body = await _json_object(request)
+        body = await json_object(request)
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ApiError(400, "name is required and must be a non-empty string")
         key = Key.new(name)
         limit = body.get("limit")
-        key.limit = None if limit is None else _amount(limit, "limit")
-        key.limit_reset = _limit_reset(body.get("limit_reset"))
-        key.include_byok_in_limit = bool(_optional_bool(body, "include_byok_in_limit"))
+        key.limit = None if limit is None else parse_amount(limit, "limit")
+        key.limit_reset = parse_limit_reset(body.get("limit_reset"))
+        key.include_byok_in_limit = bool(optional_bool(body, "include_byok_in_limit"))
         expires_at = body.get("expires_at")
         if expires_at is not None:
             if not isinstance(expires_at, str):
@@ -495,7 +238,7 @@ class OpenRouterEmulator:
     async def patch_key(self, request: web.Request) -> web.Response:
         self._require_management(request)
         key = self._live_key(request.match_info["hash"])
-        body = await _json_object(request)
+        body = await json_object(request)
         # Validate everything first so a bad field changes nothing.
         changes: dict[str, Any] = {}
         if "name" in body:
@@ -508,9 +251,9 @@ class OpenRouterEmulator:
             changes["disabled"] = body["disabled"]
         if "limit" in body:
             limit = body["limit"]
-            changes["limit"] = None if limit is None else _amount(limit, "limit")
+            changes["limit"] = None if limit is None else parse_amount(limit, "limit")
         if "limit_reset" in body:
-            changes["limit_reset"] = _limit_reset(body["limit_reset"])
+            changes["limit_reset"] = parse_limit_reset(body["limit_reset"])
         if "include_byok_in_limit" in body:
             if not isinstance(body["include_byok_in_limit"], bool):
                 raise ApiError(400, "include_byok_in_limit must be a boolean")
@@ -582,7 +325,7 @@ class OpenRouterEmulator:
 
     async def chat_completions(self, request: web.Request) -> web.Response:
         key = self._require_inference_key(request)
-        body = await _json_object(request)
+        body = await json_object(request)
         model_id = body.get("model")
         if not isinstance(model_id, str) or not model_id:
             raise ApiError(400, "model is required")
@@ -651,11 +394,11 @@ class OpenRouterEmulator:
         return {"data": {"total_credits": self.total_credits, "total_usage": self.total_usage}}
 
     async def control_set_credits(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await json_object(request)
         if body.get("total_credits") is not None:
-            self.total_credits = _amount(body["total_credits"], "total_credits")
+            self.total_credits = parse_amount(body["total_credits"], "total_credits")
         if body.get("total_usage") is not None:
-            self.total_usage = _amount(body["total_usage"], "total_usage")
+            self.total_usage = parse_amount(body["total_usage"], "total_usage")
         return json_response(self._credits_payload())
 
     async def control_credits(self, request: web.Request) -> web.Response:
@@ -663,11 +406,13 @@ class OpenRouterEmulator:
 
     async def control_spend(self, request: web.Request) -> web.Response:
         key = self._live_key(request.match_info["hash"])
-        body = await _json_object(request)
+        body = await json_object(request)
         # Negative amounts are allowed: a test may want to undo usage.
-        amount = _amount(body.get("amount"), "amount", allow_negative=True)
+        amount = parse_amount(body.get("amount"), "amount", allow_negative=True)
         periods = {
-            name: None if body.get(name) is None else _amount(body[name], name, allow_negative=True)
+            name: None
+            if body.get(name) is None
+            else parse_amount(body[name], name, allow_negative=True)
             for name in ("daily", "weekly", "monthly")
         }
         key.add_usage(amount, **periods)
