@@ -123,7 +123,7 @@ async def test_callback_for_unknown_payment_is_acknowledged_and_ignored(tmp_path
 
 async def test_oversized_malformed_and_replayed_callbacks(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
-        url = env.app.settings.callback_url
+        url = env.app.settings.callback_url("kryptoexpress")
         secret = env.sandbox.callback_secret
         assert url is not None
         async with httpx.AsyncClient(timeout=10) as http:

@@ -1,4 +1,4 @@
-"""Callback signatures of SPEC §3 (services/signatures.py): fail closed on anything odd."""
+"""Callback signatures of SPEC §3 (each provider's verify_callback): fail closed on anything odd."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.signatures import (
-    kryptoexpress_compact,
-    kryptoexpress_signature,
-    verify_cryptopay,
-    verify_kryptoexpress,
-)
+from services.payments.kryptoexpress import compact as kryptoexpress_compact
+from services.payments.kryptoexpress import signature as kryptoexpress_signature
+from services.payments.kryptoexpress import verify_signature as verify_kryptoexpress
+from services.signatures import verify_cryptopay
 
 VECTOR_NAME = "kryptoexpress-callback-vector.json"
 
