@@ -6,7 +6,7 @@ in the KryptoExpress emulator and its signed callback body (the emulator's own
 Measured: confirmations/s until every order is delivered (its key message queued in
 the outbox, same transaction), and per order the time from its callback POST to the
 "Order #N delivered" message being SENT (the Telegram emulator's event time). The
-ceiling is an aiohttp handler that only runs ``services.signatures.verify_kryptoexpress``
+ceiling is an aiohttp handler that only runs ``services.payments.kryptoexpress.verify_signature``
 on the same M bodies sent the same way. Runs on SQLite and, when the ``bench`` database
 answers, on PostgreSQL.
 
@@ -41,7 +41,7 @@ from bench.updates import Driver, buy_flow, drive, has_text
 from db.models import Order
 from sandbox.common import LOOPBACK, dumps
 from sandbox.kryptoexpress import sign_callback
-from services.signatures import verify_kryptoexpress
+from services.payments.kryptoexpress import verify_signature as verify_kryptoexpress
 
 FIRST_BUYER = 8_000_000
 CALLBACK_PATH = "/payments/kryptoexpress"

@@ -131,7 +131,8 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
             "emulator's record of the delivery message; the outbox paces sends at ≤ 28/s, "
             "so for many buyers at once this includes the queue for Telegram's limit. The "
             "ceiling is an aiohttp handler that only verifies the signature "
-            "(`verify_kryptoexpress`) on the same bodies sent the same way.\n"
+            "(`services.payments.kryptoexpress.verify_signature`) on the same bodies sent "
+            "the same way.\n"
         )
         add(
             "| database | confirmations/s | callback HTTP p50 / p99 | callback → key sent "

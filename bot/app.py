@@ -48,8 +48,7 @@ from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
 from services.orders import OrderService, PaymentGateway
-from services.payments.base import PaymentProvider
-from services.payments.kryptoexpress import KryptoExpressProvider
+from services.payments.registry import build_providers
 from services.preferences import PreferencesService
 from services.pricing import AITokenService, PricingRules
 from services.quota import QuotaService
@@ -92,7 +91,7 @@ class BotApp:
                 token_packages=tuple(s.token_packages),
             )
         )
-        self.providers = self._providers()
+        self.providers = build_providers(s, s.payment_providers, s.callback_url)
         self.gateway = PaymentGateway(list(self.providers.values()))
         self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
@@ -186,13 +185,9 @@ class BotApp:
         self._outbox_idle = outbox_idle
         self.web = web.Application(client_max_size=1024 * 1024)
         hide_server_software(self.web)
-        CallbackRoutes(
-            self.processor,
-            self.providers.get("kryptoexpress"),
-            _secret(s.krypto_express_callback_secret),
-            self.sessions,
-            self.notifier,
-        ).install(self.web)
+        CallbackRoutes(self.processor, self.providers, self.sessions, self.notifier).install(
+            self.web
+        )
         if s.telegram_mode == "webhook":
             SimpleRequestHandler(
                 dispatcher=self.dp,
@@ -229,22 +224,6 @@ class BotApp:
         self._polling: asyncio.Task[None] | None = None
         self.web_port: int | None = None
         self._stopped = False
-
-    def _providers(self) -> dict[str, PaymentProvider]:
-        s = self.settings
-        providers: dict[str, PaymentProvider] = {}
-        for name in s.payment_providers:
-            if name == "kryptoexpress" and s.krypto_express_api_key:
-                providers[name] = KryptoExpressProvider(
-                    s.krypto_express_api_url,
-                    _secret(s.krypto_express_api_key) or "",
-                    callback_url=s.callback_url,
-                    callback_secret=_secret(s.krypto_express_callback_secret),
-                )
-            elif name == "cryptopay":
-                # Crypto Pay is the second provider of SPEC §3; not built yet.
-                log.info("provider_skipped provider=%s reason=not_implemented", name)
-        return providers
 
     def _backup(self) -> SqliteBackup | None:
         s = self.settings

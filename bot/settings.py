@@ -12,14 +12,22 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from services.config import empty_is_unset, http_url
 from services.openrouter import (
     LEASE_MARGIN_SECONDS,
     OPENROUTER_WORST_CALL_SECONDS,
     min_lease_seconds,
+)
+from services.payments.base import callback_path
+from services.payments.registry import (
+    DEFAULT_PROVIDERS,
+    PROVIDERS,
+    PaymentSettings,
+    required_settings,
 )
 from services.vault import parse_keys
 
@@ -44,14 +52,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _http_url(value: str) -> str:
-    """An absolute http(s) URL with a host, or ValueError saying what is wrong."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value
-
-
 def _split(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -63,7 +63,10 @@ CsvStrs = Annotated[list[str], NoDecode]
 CsvDecimals = Annotated[list[Decimal], NoDecode]
 
 
-class Settings(BaseSettings):
+class Settings(PaymentSettings):
+    """The bot's own settings; each payment provider's come from its module (composed
+    through PaymentSettings)."""
+
     # env_ignore_empty: "NAME=" (as copied from .env.example) means unset, so a required
     # setting left empty is reported missing and an optional one takes its default.
     model_config = SettingsConfigDict(
@@ -89,12 +92,8 @@ class Settings(BaseSettings):
     openrouter_api_key: SecretStr | None = None
     openrouter_management_key: SecretStr | None = None
 
-    krypto_express_api_url: str = "https://kryptoexpress.pro/api"
-    krypto_express_api_key: SecretStr | None = None
-    krypto_express_callback_secret: SecretStr | None = None
-    crypto_pay_api_url: str = "https://pay.crypt.bot/api"
-    crypto_pay_token: SecretStr | None = None
-    payment_providers: CsvStrs = Field(default_factory=lambda: ["kryptoexpress", "cryptopay"])
+    # Fallback order (services/payments/registry.py lists the providers).
+    payment_providers: CsvStrs = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
 
     public_base_url: str | None = None
     web_host: str = "127.0.0.1"
@@ -176,9 +175,6 @@ class Settings(BaseSettings):
         "redis_url",
         "openrouter_api_key",
         "openrouter_management_key",
-        "krypto_express_api_key",
-        "krypto_express_callback_secret",
-        "crypto_pay_token",
         "public_base_url",
         "encryption_key",
         mode="before",
@@ -186,19 +182,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # The same rule for values passed in code as for the environment (above).
-        return None if isinstance(value, str) and not value.strip() else value
+        return empty_is_unset(value)
 
     @field_validator(
         "telegram_api_base",
         "telegram_webhook_url",
         "openrouter_base_url",
-        "krypto_express_api_url",
-        "crypto_pay_api_url",
         "public_base_url",
     )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value.strip())
+        return None if value is None else http_url(value.strip())
 
     @field_validator("database_url")
     @classmethod
@@ -215,8 +209,8 @@ class Settings(BaseSettings):
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("needs at least one provider, e.g. kryptoexpress")
-        unknown = [p for p in value if p not in {"kryptoexpress", "cryptopay"}]
+            raise ValueError(f"needs at least one provider, e.g. {DEFAULT_PROVIDERS[0]}")
+        unknown = [p for p in value if p not in PROVIDERS]
         if unknown:
             raise ValueError(f"unknown provider(s): {', '.join(unknown)}")
         return value
@@ -276,11 +270,11 @@ class Settings(BaseSettings):
     def markup_rate(self) -> Decimal:
         return self.markup_percent / Decimal(100)
 
-    @property
-    def callback_url(self) -> str | None:
+    def callback_url(self, provider: str) -> str | None:
+        """Where ``provider`` posts its callbacks (None: no PUBLIC_BASE_URL)."""
         if not self.public_base_url:
             return None
-        return self.public_base_url.rstrip("/") + "/payments/kryptoexpress"
+        return self.public_base_url.rstrip("/") + callback_path(provider)
 
     def require_for_production(self) -> None:
         """Raise ConfigError listing every setting a real run lacks or cannot use."""
@@ -298,11 +292,7 @@ class Settings(BaseSettings):
             ("ENCRYPTION_KEY", self.encryption_key),
             ("PUBLIC_BASE_URL", self.public_base_url),
         ]
-        if "kryptoexpress" in self.payment_providers:
-            required += [
-                ("KRYPTO_EXPRESS_API_KEY", self.krypto_express_api_key),
-                ("KRYPTO_EXPRESS_CALLBACK_SECRET", self.krypto_express_callback_secret),
-            ]
+        required += required_settings(self, self.payment_providers)
         if self.telegram_mode == "webhook":
             required += [
                 ("TELEGRAM_WEBHOOK_URL", self.telegram_webhook_url),

@@ -34,7 +34,7 @@ OPEN = (OrderStatus.NEW, OrderStatus.AWAITING_PAYMENT)
 @dataclass(frozen=True)
 class PartialView:
     """Part of an invoice arrived. ``received`` is None when the provider does not say
-    how much (KryptoExpress's documented object), and then neither can we."""
+    how much (its payment object only flips "paid"), and then neither can we."""
 
     amount: Decimal
     received: Decimal | None

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from processing.payments import AITokenPaymentProcessor, Outcome
-from services.errors import ExternalError
-from services.jsonutil import loads
+from services.errors import CallbackMalformed, CallbackRejected
 from services.notify import Notifier
-from services.payments.base import PaymentProvider
-from services.signatures import verify_kryptoexpress
+from services.payments.base import CALLBACK_ROUTE, PaymentProvider
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +42,46 @@ class CallbackRoutes:
     def __init__(
         self,
         processor: AITokenPaymentProcessor,
-        provider: PaymentProvider | None,
-        callback_secret: str | None,
+        providers: Mapping[str, PaymentProvider],
         sessions: async_sessionmaker[AsyncSession],
         notifier: Notifier,
     ) -> None:
         self.processor = processor
-        self.provider = provider
-        self.secret = callback_secret
+        self.providers = providers
         self.sessions = sessions
         self.notifier = notifier
 
     def install(self, app: web.Application) -> None:
-        app.router.add_post("/payments/kryptoexpress", self.kryptoexpress)
+        app.router.add_post(CALLBACK_ROUTE, self.callback)
         app.router.add_get("/healthz", self.health)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    async def kryptoexpress(self, request: web.Request) -> web.Response:
-        if self.provider is None:
+    async def callback(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        provider = self.providers.get(name)
+        if provider is None:  # unknown, or known but not configured here
             return web.json_response({"error": "provider not configured"}, status=404)
         if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
-            return await self._reject(request, 413, "too_large")
+            return await self._reject(request, name, 413, "too_large")
         raw = await _read_limited(request, MAX_CALLBACK_BYTES)
         if raw is None:
-            return await self._reject(request, 413, "too_large")
-        if not verify_kryptoexpress(self.secret, raw, request.headers.get("X-Signature")):
-            return await self._reject(request, 401, "bad_signature")
+            return await self._reject(request, name, 413, "too_large")
         try:
-            payload = loads(raw)
-            status = self.provider.parse_callback(payload)
-        except (ValueError, ExternalError) as exc:
-            log.warning("callback_malformed provider=kryptoexpress error=%s", exc)
+            status = provider.verify_callback(raw, request.headers)
+        except CallbackMalformed as exc:
+            log.warning("callback_malformed provider=%s error=%s", name, exc)
             return web.json_response({"error": "malformed"}, status=400)
-        result = await self.processor.apply_status(status, source="callback:kryptoexpress")
+        except CallbackRejected as exc:
+            return await self._reject(request, name, 401, exc.reason)
+        if status is None:
+            log.info("callback_ignored provider=%s", name)
+            return web.json_response({"ok": True, "ignored": "not a payment"})
+        result = await self.processor.apply_status(status, source=f"callback:{name}")
         log.info(
-            "callback provider=kryptoexpress payment_id=%s outcome=%s order=%s",
+            "callback provider=%s payment_id=%s outcome=%s order=%s",
+            name,
             status.payment_id,
             result.outcome,
             result.order_id,
@@ -88,9 +90,11 @@ class CallbackRoutes:
             return web.json_response({"ok": True, "ignored": "unknown payment"})
         return web.json_response({"ok": True, "outcome": result.outcome.value})
 
-    async def _reject(self, request: web.Request, status: int, reason: str) -> web.Response:
+    async def _reject(
+        self, request: web.Request, provider: str, status: int, reason: str
+    ) -> web.Response:
         log.warning(
-            "callback_rejected provider=kryptoexpress reason=%s remote=%s", reason, request.remote
+            "callback_rejected provider=%s reason=%s remote=%s", provider, reason, request.remote
         )
         window = int(time.time() // REJECT_ALERT_WINDOW)
         async with self.sessions() as session, session.begin():
@@ -98,7 +102,7 @@ class CallbackRoutes:
                 session,
                 "admin.callback_rejected",
                 dedupe=f"rejected:{reason}:{window}",
-                provider="kryptoexpress",
+                provider=provider,
                 reason=reason,
                 remote=request.remote or "?",
             )

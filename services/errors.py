@@ -97,8 +97,15 @@ class CryptoPayError(ProviderError):
 
 
 class CallbackRejected(Exception):
-    """A provider callback/webhook failed its signature or shape check; nothing was applied."""
+    """A provider callback/webhook failed its signature or shape check; nothing was applied.
+
+    ``reason`` is a short code (``bad_signature``) for the log and the admin alert."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CallbackMalformed(CallbackRejected):
+    """Signed by the provider but not a payment we can read: answered 400, no alert
+    (nobody forged it, so it is a bug to look at, not an attack to report)."""

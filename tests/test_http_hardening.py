@@ -26,7 +26,7 @@ def test_deep_nesting_is_a_value_error() -> None:
 
 async def test_nested_callback_is_400_and_no_response_names_the_server(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
-        url = env.app.settings.callback_url
+        url = env.app.settings.callback_url("kryptoexpress")
         secret = env.sandbox.callback_secret
         assert url is not None
         depth = (MAX_CALLBACK_BYTES - 16) // 2  # ~32k levels, within the size limit

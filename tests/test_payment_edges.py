@@ -123,7 +123,7 @@ async def test_callback_for_unknown_payment_is_acknowledged_and_ignored(tmp_path
 
 async def test_oversized_malformed_and_replayed_callbacks(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
-        url = env.app.settings.callback_url
+        url = env.app.settings.callback_url("kryptoexpress")
         secret = env.sandbox.callback_secret
         assert url is not None
         async with httpx.AsyncClient(timeout=10) as http:
@@ -159,6 +159,24 @@ async def test_oversized_malformed_and_replayed_callbacks(tmp_path: Path) -> Non
         assert kinds.count("payment_confirmed") == 1 and kinds.count("delivered") == 1
         messages = await env.tg.messages(BUYER)
         assert sum("delivered" in (m["plain"] or "") for m in messages) == 1
+
+
+async def test_callback_route_is_per_provider_and_unknown_ones_are_404(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        settings = env.app.settings
+        body = b'{"id": 1}'
+        async with httpx.AsyncClient(timeout=10) as http:
+            # Unknown, and known but not configured here (not built yet): no such route.
+            for name in ("paypal", "cryptopay"):
+                url = settings.callback_url(name)
+                assert url is not None
+                response = await http.post(url, content=body, headers={"X-Signature": "0"})
+                assert response.status_code == 404, name
+            url = settings.callback_url("kryptoexpress")
+            assert url is not None
+            response = await http.post(url, content=body, headers={"X-Signature": "0" * 128})
+            assert response.status_code == 401
+            assert response.json() == {"error": "bad_signature"}
 
 
 async def test_double_confirm_makes_one_order_and_one_invoice(tmp_path: Path) -> None:

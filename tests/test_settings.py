@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import ConfigError, Settings, load_settings
+from services.payments.registry import build_providers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,7 @@ def test_defaults_match_the_spec() -> None:
     assert s.database_url == "sqlite+aiosqlite:///data/bot.db"
     assert s.openrouter_base_url == "https://openrouter.ai/api/v1"
     assert s.krypto_express_api_url == "https://kryptoexpress.pro/api"
-    assert s.payment_providers == ["kryptoexpress", "cryptopay"]
+    assert s.payment_providers == ["kryptoexpress"]  # cryptopay joins once built (issue 12)
     assert (s.web_host, s.web_port) == ("127.0.0.1", 8080)
     assert s.markup_percent == Decimal("20")
     assert s.max_order_usd == Decimal("20")
@@ -210,6 +212,25 @@ def test_kryptoexpress_keys_not_required_without_that_provider(
     values = {k: v for k, v in PRODUCTION.items() if not k.startswith("KRYPTO_EXPRESS")}
     set_env(monkeypatch, {**values, "PAYMENT_PROVIDERS": "cryptopay"})
     load_settings().require_for_production()
+
+
+async def test_configured_but_unusable_providers_are_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = load_settings(
+        payment_providers="cryptopay,kryptoexpress", public_base_url="https://b.example"
+    )
+    with caplog.at_level(logging.WARNING, logger="services.payments.registry"):
+        assert build_providers(s, s.payment_providers, s.callback_url) == {}
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "provider_skipped provider=cryptopay reason=not_implemented"),
+        (logging.WARNING, "provider_skipped provider=kryptoexpress reason=not_configured"),
+    ]
+    s = load_settings(krypto_express_api_key="k", public_base_url="https://b.example")
+    providers = build_providers(s, s.payment_providers, s.callback_url)
+    assert list(providers) == ["kryptoexpress"]
+    await providers["kryptoexpress"].aclose()
+    assert s.callback_url("kryptoexpress") == "https://b.example/payments/kryptoexpress"
 
 
 def test_webhook_mode_requires_its_url_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:

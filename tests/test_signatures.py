@@ -1,4 +1,4 @@
-"""Callback signatures of SPEC §3 (services/signatures.py): fail closed on anything odd."""
+"""Callback signatures of SPEC §3 (each provider's verify_callback): fail closed on anything odd."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.signatures import (
-    kryptoexpress_compact,
-    kryptoexpress_signature,
-    verify_cryptopay,
-    verify_kryptoexpress,
-)
+from services.errors import CallbackMalformed, CallbackRejected
+from services.payments.kryptoexpress import KryptoExpressProvider
+from services.payments.kryptoexpress import compact as kryptoexpress_compact
+from services.payments.kryptoexpress import signature as kryptoexpress_signature
+from services.payments.kryptoexpress import verify_signature as verify_kryptoexpress
+from services.signatures import verify_cryptopay
 
 VECTOR_NAME = "kryptoexpress-callback-vector.json"
 
@@ -202,3 +202,31 @@ def test_cryptopay_refusals() -> None:
 
 def test_non_ascii_cryptopay_signature_is_false() -> None:
     assert verify_cryptopay(CP_TOKEN, CP_BODY, "é" * 64) is False
+
+
+# --------------------------------------------- the provider interface (verify_callback)
+def _provider(secret: str | None) -> KryptoExpressProvider:
+    return KryptoExpressProvider(
+        "https://kx.invalid/api", "key", callback_url=None, callback_secret=secret
+    )
+
+
+def test_verify_callback_reads_a_signed_body_and_rejects_the_rest() -> None:
+    status = _provider(SECRET).verify_callback(RAW, {"X-Signature": SIGNATURE})
+    assert status is not None and status.provider == "kryptoexpress"
+    for secret, headers in (
+        (SECRET, {}),
+        (SECRET, {"X-Signature": "0" * 128}),
+        (None, {"X-Signature": SIGNATURE}),  # no secret configured: fail closed
+    ):
+        with pytest.raises(CallbackRejected) as rejected:
+            _provider(secret).verify_callback(RAW, headers)
+        assert rejected.value.reason == "bad_signature"
+        assert not isinstance(rejected.value, CallbackMalformed)
+
+
+def test_verify_callback_calls_a_signed_non_payment_malformed() -> None:
+    for body in (b"not json", b'{"id": 1}', b"[]"):
+        signature = kryptoexpress_signature(SECRET, body)
+        with pytest.raises(CallbackMalformed):
+            _provider(SECRET).verify_callback(body, {"X-Signature": signature})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -41,12 +42,22 @@ class PaymentStatus:
     crypto_amount: Decimal
     expires_at: datetime | None
     raw: dict[str, Any]
-    # The sum received so far, when the provider reports it. KryptoExpress's documented
-    # object does not (it only flips isPaid once the sum covers cryptoAmount): None.
+    # The sum received so far, when the provider reports it; None when its payment
+    # object only flips "paid" once the sum covers the invoice.
     received_amount: Decimal | None = None
 
 
+# One route serves every provider's callbacks (processing/web.py); ``{provider}`` is
+# the provider's ``name``.
+CALLBACK_ROUTE = "/payments/{provider}"
+
+
+def callback_path(provider: str) -> str:
+    return CALLBACK_ROUTE.format(provider=provider)
+
+
 class PaymentProvider(Protocol):
+    # Also the ``{provider}`` of its callback path and the value stored on the order.
     name: str
 
     async def available_assets(self) -> dict[str, str]:
@@ -64,5 +75,14 @@ class PaymentProvider(Protocol):
     async def fetch_status(self, payment_id: str, payment_hash: str) -> PaymentStatus: ...
 
     def parse_callback(self, payload: dict[str, Any]) -> PaymentStatus: ...
+
+    def verify_callback(self, raw_body: bytes, headers: Mapping[str, str]) -> PaymentStatus | None:
+        """The payment a callback reports, only if the provider signed this exact body.
+
+        Raises ``CallbackRejected`` (reason ``bad_signature``) when the signature is
+        missing or wrong, ``CallbackMalformed`` when a signed body is no payment object;
+        fails closed on anything odd. None: authentic, but nothing to apply (e.g. an
+        event type the bot does not act on), acknowledged so the provider stops."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -24,8 +24,11 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings
 
-from services.errors import CallbackRejected, CryptoPayError
+from services.config import empty_is_unset, http_url
+from services.errors import CallbackMalformed, CallbackRejected, CryptoPayError
 from services.http import JsonHttp
 from services.jsonutil import loads, plain_number
 from services.money import CENT, to_decimal
@@ -49,14 +52,39 @@ from services.signatures import verify_cryptopay
 
 __all__ = [
     "MAINNET_URL",
+    "NAME",
     "TESTNET_URL",
     "AppInfo",
     "Balance",
     "CryptoPayClient",
     "CryptoPayInvoice",
+    "CryptoPaySettings",
     "Transfer",
     "WebhookUpdate",
+    "required_settings",
 ]
+
+
+class CryptoPaySettings(BaseSettings):
+    """This provider's settings (SPEC §7 names), composed into the bot's Settings."""
+
+    crypto_pay_api_url: str = MAINNET_URL
+    crypto_pay_token: SecretStr | None = None
+
+    @field_validator("crypto_pay_token", mode="before")
+    @classmethod
+    def _cryptopay_empty_is_unset(cls, value: Any) -> Any:
+        return empty_is_unset(value)
+
+    @field_validator("crypto_pay_api_url")
+    @classmethod
+    def _cryptopay_url(cls, value: str) -> str:
+        return http_url(value.strip())
+
+
+def required_settings(settings: CryptoPaySettings) -> list[tuple[str, object]]:
+    """Nothing yet: the provider is not built (issue 12 adds CRYPTO_PAY_TOKEN here)."""
+    return []
 
 
 def _answered(status: int) -> bool:
@@ -307,7 +335,7 @@ class CryptoPayClient:
                 invoice=CryptoPayInvoice.parse(data["payload"]),
             )
         except (KeyError, TypeError, ValueError, CryptoPayError) as exc:
-            raise CallbackRejected(f"malformed: {exc}") from exc
+            raise CallbackMalformed(f"malformed: {exc}") from exc
         if update.update_type != "invoice_paid":
-            raise CallbackRejected(f"unexpected update_type {update.update_type!r}")
+            raise CallbackMalformed(f"unexpected update_type {update.update_type!r}")
         return update

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings
 
-from services.errors import CurrencyUnavailable, ProviderError
+from services.config import empty_is_unset, http_url
+from services.errors import (
+    CallbackMalformed,
+    CallbackRejected,
+    CurrencyUnavailable,
+    ExternalError,
+    ProviderError,
+)
 from services.http import JsonHttp
+from services.jsonutil import loads
 from services.money import quantize_crypto, to_decimal
 from services.payments.base import ASSETS, Invoice, PaymentStatus
 
@@ -24,6 +38,85 @@ NETWORKS = {
     "USDT_SOL": "Solana",
     "USDT_ERC20": "Ethereum (ERC-20)",
 }
+
+
+class KryptoExpressSettings(BaseSettings):
+    """This provider's settings (SPEC §7 names), composed into the bot's Settings."""
+
+    krypto_express_api_url: str = "https://kryptoexpress.pro/api"
+    krypto_express_api_key: SecretStr | None = None
+    krypto_express_callback_secret: SecretStr | None = None
+
+    @field_validator("krypto_express_api_key", "krypto_express_callback_secret", mode="before")
+    @classmethod
+    def _kryptoexpress_empty_is_unset(cls, value: Any) -> Any:
+        return empty_is_unset(value)
+
+    @field_validator("krypto_express_api_url")
+    @classmethod
+    def _kryptoexpress_url(cls, value: str) -> str:
+        return http_url(value.strip())
+
+
+def required_settings(settings: KryptoExpressSettings) -> list[tuple[str, object]]:
+    """What a real run using this provider needs: (variable, value) pairs."""
+    return [
+        ("KRYPTO_EXPRESS_API_KEY", settings.krypto_express_api_key),
+        ("KRYPTO_EXPRESS_CALLBACK_SECRET", settings.krypto_express_callback_secret),
+    ]
+
+
+def build(
+    settings: KryptoExpressSettings, callback_url: str | None
+) -> KryptoExpressProvider | None:
+    """The provider, or None while it has no API key (not configured)."""
+    api_key = _secret(settings.krypto_express_api_key)
+    if not api_key:
+        return None
+    return KryptoExpressProvider(
+        settings.krypto_express_api_url,
+        api_key,
+        callback_url=callback_url,
+        callback_secret=_secret(settings.krypto_express_callback_secret),
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def signature(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha512).hexdigest()
+
+
+def compact(raw_body: bytes) -> bytes:
+    """The provider's documented canonical form: Python's compact re-serialisation.
+
+    Plain ``json`` (floats) on purpose: this is only a canonical byte string to hash,
+    it must equal what ``json.dumps(json.loads(raw), separators=(",", ":"))`` gives.
+    """
+    return json.dumps(json.loads(raw_body), separators=(",", ":")).encode()
+
+
+def verify_signature(secret: str | None, raw_body: bytes, signature_hex: str | None) -> bool:
+    """True only for a body signed with our secret (constant-time, fails closed).
+
+    Accepts a match on the raw body or on the documented re-serialisation: Python
+    writes ``1.2e-05`` where the provider's own code may write ``0.000012``.
+    """
+    if not secret or not signature_hex:
+        return False
+    signature_hex = signature_hex.strip().lower()
+    # compare_digest raises on non-ASCII text: a hostile header must be a refusal.
+    if len(signature_hex) != 128 or not signature_hex.isascii():
+        return False
+    if hmac.compare_digest(signature(secret, raw_body), signature_hex):
+        return True
+    try:
+        canonical = compact(raw_body)
+    except (ValueError, RecursionError):
+        return False
+    return hmac.compare_digest(signature(secret, canonical), signature_hex)
 
 
 def _ms_to_datetime(value: Any) -> datetime | None:
@@ -156,6 +249,14 @@ class KryptoExpressProvider:
         if status.payment_id != payment_id:
             raise ProviderError(NAME, "GET /payment answered for another payment")
         return status
+
+    def verify_callback(self, raw_body: bytes, headers: Mapping[str, str]) -> PaymentStatus:
+        if not verify_signature(self._callback_secret, raw_body, headers.get("X-Signature")):
+            raise CallbackRejected("bad_signature")
+        try:
+            return self.parse_callback(loads(raw_body))
+        except (ValueError, ExternalError) as exc:
+            raise CallbackMalformed(str(exc)) from exc
 
     def parse_callback(self, payload: Any) -> PaymentStatus:
         if not isinstance(payload, dict):
