@@ -34,16 +34,17 @@ from db.migrate import upgrade_to_head
 from handlers import routers
 from handlers.admin import AdminOrderCb
 from locales import LANGUAGES, translator
+from processing.admin_ops import AdminOps
+from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
 from processing.jobs import JobIntervals, build_scheduler
 from processing.outbox import OutboxSender
 from processing.payments import AITokenPaymentProcessor
-from processing.reports import AdminOps
 from processing.web import CallbackRoutes, hide_server_software
-from services.admin import AdminService
 from services.admin_chat import AdminChat
+from services.admin_ledger import AdminLedger
 from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
@@ -134,13 +135,20 @@ class BotApp:
             cache_seconds=float(s.quota_cache_seconds),
         )
         self.preferences = PreferencesService(self.sessions)
-        self.admin = AdminService(self.sessions)
-        self.admin_ops = AdminOps(
+        ledger = AdminLedger(self.sessions)
+        # The one admin object the handlers get; the reports share its balance.
+        self.admin = AdminOps(
             self.sessions,
-            self.admin,
+            ledger,
             self.fulfilment,
             self.openrouter,
             self.providers,
+            self.notifier,
+        )
+        self.reports = AdminReports(
+            self.sessions,
+            ledger,
+            self.admin,
             self.notifier,
             timezone=s.timezone,
             report_time=s.daily_report_time,
@@ -167,7 +175,6 @@ class BotApp:
             quota=self.quota,
             preferences=self.preferences,
             admin=self.admin,
-            admin_ops=self.admin_ops,
             admin_chat=self.admin_chat,
         )
         self.bot.session.middleware(LateCallbackAnswers())
@@ -216,7 +223,7 @@ class BotApp:
             timezone=s.timezone,
             backup=self._backup(),
         )
-        self.admin_ops.install(self.scheduler)  # daily/weekly admin reports
+        self.reports.install(self.scheduler)  # daily/weekly admin reports
         # Reminders run on the expiry cadence; the quota sweep and summary on their own.
         self.alerts.schedule(
             self.scheduler,
