@@ -119,7 +119,7 @@ async def seed(url: str, n: int, emulator_keys: dict[str, Key], encryption_key: 
 async def child(config: dict[str, Any]) -> dict[str, Any]:
     from bot.app import BotApp
     from bot.settings import load_settings
-    from processing.jobs import JobIntervals
+    from processing.scheduler import JobIntervals
     from services.admin_ledger import days_period
 
     idle = 3600.0

@@ -14,8 +14,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,7 +29,8 @@ from services.notify import Notifier
 
 log = logging.getLogger(__name__)
 
-# A run missed while the loop was busy or the machine slept still happens once.
+# A run missed while the loop was busy or the machine slept still happens once
+# (processing/scheduler.py).
 REPORT_MISFIRE_GRACE = 6 * 3600
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -108,42 +107,6 @@ class AdminReports:
         if has_weekly and local.weekday() == WEEKDAYS.index(self.weekly_day):
             await self.run_weekly_due(now)
 
-    def install(self, scheduler: AsyncIOScheduler) -> None:
-        """Cron jobs in TIMEZONE; coalesced, with a grace window for late runs."""
-        common: dict[str, Any] = {
-            "coalesce": True,
-            "max_instances": 1,
-            "misfire_grace_time": REPORT_MISFIRE_GRACE,
-            "replace_existing": True,
-        }
-        scheduler.add_job(
-            _logged("daily_report", self.run_daily_due),
-            CronTrigger(hour=self.report_hour, minute=self.report_minute, timezone=self.zone),
-            id="daily_report",
-            name="daily_report",
-            **common,
-        )
-        scheduler.add_job(
-            _logged("weekly_report", self.run_weekly_due),
-            CronTrigger(
-                day_of_week=self.weekly_day,
-                hour=self.report_hour,
-                minute=self.report_minute,
-                timezone=self.zone,
-            ),
-            id="weekly_report",
-            name="weekly_report",
-            **common,
-        )
-        scheduler.add_job(
-            _logged("report_catch_up", self.catch_up),
-            "date",
-            id="report_catch_up",
-            name="report_catch_up",
-            run_date=utcnow(),
-            **common,
-        )
-
     async def _report(self, dedupe: str, title_key: str, period: Period, **title: Any) -> bool:
         async with self.sessions() as session:
             if await _has_any(session, dedupe):
@@ -183,16 +146,6 @@ async def _has_any(session: AsyncSession, pattern: str) -> bool:
     return (
         await session.execute(select(OutboxMessage.id).where(condition).limit(1))
     ).first() is not None
-
-
-def _logged(name: str, job: Any) -> Any:
-    async def run() -> None:
-        try:
-            await job()
-        except Exception:
-            log.exception("job_failed job=%s", name)
-
-    return run
 
 
 def stats_text(t: Translator, stats: Stats) -> str:
