@@ -12,7 +12,7 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from processing.jobs import JobIntervals
+from processing.scheduler import JobIntervals
 from services.clock import utcnow
 from tests.harness import IDLE, running_env
 

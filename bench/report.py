@@ -187,7 +187,7 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
             "Buyers seeded in bulk (one delivered order and one OpenRouter key each; "
             "every 10th key at 85 % used, so a sweep queues alerts for a tenth); the bot "
             "then runs in its own process. *Sweep* = one `run_quota_sweep` (paged "
-            "`GET /keys`, 100 a page); *report* = `AdminService.stats` for yesterday "
+            "`GET /keys`, 100 a page); *report* = `AdminLedger.stats` for yesterday "
             "(the daily report's query); *first delivery* = `fulfil_user` for a new "
             "buyer among the N keys. Start-up does no per-buyer work, so it stays flat (its "
             "wiggles are noise); a single report-query figure can include a cold first "

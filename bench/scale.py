@@ -5,7 +5,7 @@ OpenRouter key each; the keys are also put straight into the OpenRouter emulator
 memory), keeps the emulators running, and starts the bot in a *child process* so its
 peak RSS is the bot's alone. The child reports: start-up time (``BotApp.start``), one
 low-quota sweep (``BuyerAlerts.run_quota_sweep``: time and OpenRouter calls), the daily
-report query (``AdminService.stats`` for yesterday), one first delivery to a new buyer
+report query (``AdminLedger.stats`` for yesterday), one first delivery to a new buyer
 (``Fulfilment.fulfil_user``: time and OpenRouter calls) and ``ru_maxrss``.
 
     python -m bench.scale [--sizes 1000,10000] [--db sqlite,postgresql] [--quick]
@@ -119,8 +119,8 @@ async def seed(url: str, n: int, emulator_keys: dict[str, Key], encryption_key: 
 async def child(config: dict[str, Any]) -> dict[str, Any]:
     from bot.app import BotApp
     from bot.settings import load_settings
-    from processing.jobs import JobIntervals
-    from services.admin import days_period
+    from processing.scheduler import JobIntervals
+    from services.admin_ledger import days_period
 
     idle = 3600.0
     settings = load_settings(**config["settings"])

@@ -34,16 +34,17 @@ from db.migrate import upgrade_to_head
 from handlers import routers
 from handlers.admin import AdminOrderCb
 from locales import LANGUAGES, translator
+from processing.admin_ops import AdminOps
+from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
-from processing.jobs import JobIntervals, build_scheduler
 from processing.outbox import OutboxSender
 from processing.payments import AITokenPaymentProcessor
-from processing.reports import AdminOps
+from processing.scheduler import JobIntervals, build_scheduler, job_table
 from processing.web import CallbackRoutes, hide_server_software
-from services.admin import AdminService
 from services.admin_chat import AdminChat
+from services.admin_ledger import AdminLedger
 from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
@@ -121,7 +122,7 @@ class BotApp:
             self.sessions,
             self.providers,
             self.notifier,
-            on_paid=self._paid,
+            on_paid=self.fulfilment.kick,
             stale_new=timedelta(seconds=s.stale_order_seconds),
             check_every=timedelta(seconds=s.check_payment_throttle_seconds),
         )
@@ -133,13 +134,20 @@ class BotApp:
             cache_seconds=float(s.quota_cache_seconds),
         )
         self.preferences = PreferencesService(self.sessions)
-        self.admin = AdminService(self.sessions)
-        self.admin_ops = AdminOps(
+        ledger = AdminLedger(self.sessions)
+        # The one admin object the handlers get; the reports share its balance.
+        self.admin = AdminOps(
             self.sessions,
-            self.admin,
+            ledger,
             self.fulfilment,
             self.openrouter,
             self.providers,
+            self.notifier,
+        )
+        self.reports = AdminReports(
+            self.sessions,
+            ledger,
+            self.admin,
             self.notifier,
             timezone=s.timezone,
             report_time=s.daily_report_time,
@@ -166,7 +174,6 @@ class BotApp:
             quota=self.quota,
             preferences=self.preferences,
             admin=self.admin,
-            admin_ops=self.admin_ops,
             admin_chat=self.admin_chat,
         )
         self.bot.session.middleware(LateCallbackAnswers())
@@ -179,6 +186,7 @@ class BotApp:
         self.allowed_updates = self.dp.resolve_used_update_types()
 
         self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
+        self.fulfilment.wake = self.outbox.wake
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
         self.dp["outbox"] = self.outbox
@@ -195,29 +203,27 @@ class BotApp:
                 secret_token=_secret(s.telegram_webhook_secret),
             ).register(self.web, path=WEBHOOK_PATH)
         self.scheduler = build_scheduler(
-            processor=self.processor,
-            fulfilment=self.fulfilment,
-            catalog=self.catalog,
-            notifier=self.notifier,
-            sessions=self.sessions,
-            intervals=intervals
-            or JobIntervals(
-                payment_poll=float(s.payment_poll_seconds),
-                expiry=float(s.expiry_check_seconds),
-                fulfilment=float(s.fulfilment_retry_seconds),
-                prices=float(s.price_refresh_seconds),
-                funds_recheck=float(s.funds_recheck_seconds),
+            job_table(
+                processor=self.processor,
+                fulfilment=self.fulfilment,
+                catalog=self.catalog,
+                notifier=self.notifier,
+                sessions=self.sessions,
+                alerts=self.alerts,
+                reports=self.reports,
+                intervals=intervals
+                or JobIntervals(
+                    payment_poll=float(s.payment_poll_seconds),
+                    expiry=float(s.expiry_check_seconds),
+                    fulfilment=float(s.fulfilment_retry_seconds),
+                    prices=float(s.price_refresh_seconds),
+                    funds_recheck=float(s.funds_recheck_seconds),
+                ),
+                quota_seconds=float(s.quota_check_seconds),
+                summary_time=s.daily_summary_time,
+                backup=self._backup(),
             ),
             timezone=s.timezone,
-            backup=self._backup(),
-        )
-        self.admin_ops.install(self.scheduler)  # daily/weekly admin reports
-        # Reminders run on the expiry cadence; the quota sweep and summary on their own.
-        self.alerts.schedule(
-            self.scheduler,
-            reminder_seconds=intervals.expiry if intervals else float(s.expiry_check_seconds),
-            quota_seconds=float(s.quota_check_seconds),
-            summary_time=s.daily_summary_time,
         )
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -299,6 +305,7 @@ class BotApp:
             self.scheduler.shutdown(wait=False)
         # Sends in flight finish and are recorded, so a restart repeats none of them.
         await self.outbox.stop()
+        await self.fulfilment.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -317,19 +324,6 @@ class BotApp:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _paid(self, user_id: int) -> None:
-        """A payment was confirmed: fulfil now in the background (the job would too)."""
-        self.outbox.wake()
-
-        async def fulfil() -> None:
-            try:
-                await self.fulfilment.fulfil_user(user_id)
-            except Exception:
-                log.exception("fulfil_failed user=%s", user_id)
-            self.outbox.wake()
-
-        self._spawn(fulfil())
 
     async def _set_commands(self) -> None:
         try:

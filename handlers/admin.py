@@ -14,22 +14,22 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
-from bot.callbacks import AdminFundsCb, RowId
-from bot.filters import AdminPlace, ForgedData, IsAdmin
-from bot.settings import Settings
-from handlers.spec import RouterSpec
-from handlers.util import answer_long
-from locales import Translator
-from processing.outbox import OutboxSender
-from processing.reports import (
-    AdminOps,
+from bot.admin_screens import (
     render_balance,
     render_order,
     render_recheck,
     render_reconciliation,
     render_stats,
 )
-from services.admin import ActionOutcome, AdminService, recent_period
+from bot.callbacks import AdminFundsCb, RowId
+from bot.filters import AdminPlace, ForgedData, IsAdmin
+from bot.settings import Settings
+from handlers.spec import RouterSpec
+from handlers.util import answer_long
+from locales import Translator
+from processing.admin_ops import AdminOps
+from processing.outbox import OutboxSender
+from services.admin_ledger import ActionOutcome, recent_period
 from services.errors import ExternalError
 
 router = RouterSpec(__name__, private_only=False)
@@ -68,7 +68,7 @@ async def group_upgraded(message: Message, outbox: OutboxSender) -> None:
 
 @router.message(Command("stats"), *ADMIN)
 async def stats(
-    message: Message, command: CommandObject, t: Translator, admin: AdminService, settings: Settings
+    message: Message, command: CommandObject, t: Translator, admin: AdminOps, settings: Settings
 ) -> None:
     days = PERIODS.get((command.args or "today").strip().lower())
     if days is None:
@@ -78,16 +78,16 @@ async def stats(
     await answer_long(message, render_stats(t, figures, settings.timezone))
 
 
-async def _order_text(t: Translator, admin: AdminService, order_id: int, tz: str) -> str:
-    view = await admin.order_view(order_id)
-    if view is None:
+async def _order_text(t: Translator, admin: AdminOps, order_id: int, tz: str) -> str:
+    dossier = await admin.order_dossier(order_id)
+    if dossier is None:
         return t("admin_cmd.not_found", order_id=order_id)
-    return render_order(t, view, tz)
+    return render_order(t, dossier, tz)
 
 
 @router.message(Command("order"), *ADMIN)
 async def order(
-    message: Message, command: CommandObject, t: Translator, admin: AdminService, settings: Settings
+    message: Message, command: CommandObject, t: Translator, admin: AdminOps, settings: Settings
 ) -> None:
     order_id = _order_id(command)
     if order_id is None:
@@ -101,7 +101,7 @@ async def order_button(
     callback: CallbackQuery,
     callback_data: AdminOrderCb,
     t: Translator,
-    admin: AdminService,
+    admin: AdminOps,
     settings: Settings,
 ) -> None:
     text = await _order_text(t, admin, callback_data.order_id, settings.timezone)
@@ -123,12 +123,12 @@ async def order_button_forged(callback: CallbackQuery, t: Translator) -> None:
 
 
 @router.callback_query(AdminFundsCb.filter(F.action == "recheck"), *ADMIN)
-async def recheck_funds(callback: CallbackQuery, t: Translator, admin_ops: AdminOps) -> None:
+async def recheck_funds(callback: CallbackQuery, t: Translator, admin: AdminOps) -> None:
     # Answered first: the re-check lists every key and may deliver several orders,
     # longer than Telegram keeps the button's spinner waiting.
     await callback.answer(t("admin_cmd.recheck_started"))
     try:
-        text = render_recheck(t, await admin_ops.recheck_funds())
+        text = render_recheck(t, await admin.recheck_funds())
     except ExternalError as exc:  # OpenRouter down, or the funds lease busy: say so
         text = t("admin_cmd.openrouter_error", error=str(exc))
     if isinstance(callback.message, Message):
@@ -141,14 +141,12 @@ async def recheck_funds_not_admin(callback: CallbackQuery, t: Translator) -> Non
 
 
 @router.message(Command("retry"), *ADMIN)
-async def retry(
-    message: Message, command: CommandObject, t: Translator, admin_ops: AdminOps
-) -> None:
+async def retry(message: Message, command: CommandObject, t: Translator, admin: AdminOps) -> None:
     order_id = _order_id(command)
     if order_id is None or message.from_user is None:
         await answer_long(message, t("admin_cmd.retry_usage"))
         return
-    result, now = await admin_ops.retry(order_id, message.from_user.id)
+    result, now = await admin.retry(order_id, message.from_user.id)
     if result.outcome is ActionOutcome.NOT_FOUND:
         await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
@@ -163,16 +161,14 @@ async def retry(
 
 
 @router.message(Command("refund"), *ADMIN)
-async def refund(
-    message: Message, command: CommandObject, t: Translator, admin_ops: AdminOps
-) -> None:
+async def refund(message: Message, command: CommandObject, t: Translator, admin: AdminOps) -> None:
     parts = (command.args or "").split(maxsplit=1)
     order_id = _order_id(command)
     note = parts[1].strip() if len(parts) > 1 else ""
     if order_id is None or not note or message.from_user is None:
         await answer_long(message, t("admin_cmd.refund_usage"))
         return
-    result = await admin_ops.refund(order_id, message.from_user.id, note[:1000])
+    result = await admin.refund(order_id, message.from_user.id, note[:1000])
     if result.outcome is ActionOutcome.NOT_FOUND:
         await answer_long(message, t("admin_cmd.not_found", order_id=order_id))
     elif result.outcome is ActionOutcome.WRONG_STATE:
@@ -203,19 +199,19 @@ async def refund(
 
 
 @router.message(Command("balance"), *ADMIN)
-async def balance(message: Message, t: Translator, admin_ops: AdminOps) -> None:
+async def balance(message: Message, t: Translator, admin: AdminOps) -> None:
     try:
-        figures = await admin_ops.balance()
+        figures = await admin.balance()
     except ExternalError as exc:
         await answer_long(message, t("admin_cmd.openrouter_error", error=str(exc)))
         return
-    await answer_long(message, f"{t('admin_cmd.balance_title')}\n{render_balance(t, figures)}")
+    await answer_long(message, render_balance(t, figures))
 
 
 @router.message(Command("reconcile"), *ADMIN)
-async def reconcile(message: Message, t: Translator, admin_ops: AdminOps) -> None:
+async def reconcile(message: Message, t: Translator, admin: AdminOps) -> None:
     try:
-        report = await admin_ops.reconcile()
+        report = await admin.reconcile()
     except ExternalError as exc:
         await answer_long(message, t("admin_cmd.openrouter_error", error=str(exc)))
         return

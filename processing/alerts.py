@@ -21,15 +21,11 @@ call per buyer, and never inside a database transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,7 +33,6 @@ from bot.callbacks import MenuCb, OrderCb
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage, User
 from services.clock import utcnow
-from services.errors import ExternalError
 from services.money import CENT, format_crypto, format_usd
 from services.notify import Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
@@ -98,54 +93,6 @@ class BuyerAlerts:
         self.notifier = notifier
         self.reminder_before = reminder_before
         self.zone = ZoneInfo(timezone)
-
-    # -------------------------------------------------------------- scheduling
-    def schedule(
-        self,
-        scheduler: AsyncIOScheduler,
-        *,
-        reminder_seconds: float,
-        quota_seconds: float,
-        summary_time: str,
-    ) -> None:
-        """Add the three jobs. coalesce folds missed runs into one; the grace time lets
-        a run delayed by a busy loop or a short outage still happen; the jobs' own
-        guards make any extra run harmless."""
-        common: dict[str, Any] = {"replace_existing": True, "coalesce": True, "max_instances": 1}
-        scheduler.add_job(
-            _guarded("invoice_reminders", self.run_reminders),
-            "interval",
-            seconds=reminder_seconds,
-            id="invoice_reminders",
-            name="invoice_reminders",
-            misfire_grace_time=max(60, int(reminder_seconds)),
-            **common,
-        )
-        scheduler.add_job(
-            _guarded("quota_sweep", self.run_quota_sweep),
-            "interval",
-            seconds=quota_seconds,
-            id="quota_sweep",
-            name="quota_sweep",
-            misfire_grace_time=max(60, int(quota_seconds)),
-            **common,
-        )
-        hour, minute = (int(part) for part in summary_time.split(":"))
-        trigger = CronTrigger(hour=hour, minute=minute, timezone=self.zone)
-        # The scheduler keeps jobs in memory: after a restart later the same day, today's
-        # summary is caught up at once (the dedupe key keeps it to one per day).
-        now = datetime.now(self.zone)
-        due_today = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        catch_up = due_today <= now < due_today + SUMMARY_GRACE
-        scheduler.add_job(
-            _guarded("daily_summary", self.run_daily_summary),
-            trigger,
-            id="daily_summary",
-            name="daily_summary",
-            misfire_grace_time=int(SUMMARY_GRACE.total_seconds()),
-            **common,
-            **({"next_run_time": now} if catch_up else {}),
-        )
 
     # --------------------------------------------------------------- reminders
     async def run_reminders(self) -> int:
@@ -377,15 +324,3 @@ async def _queued(session: AsyncSession, dedupe: str) -> bool:
         select(OutboxMessage.id).where(OutboxMessage.dedupe_key == dedupe)
     )
     return found.first() is not None
-
-
-def _guarded(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        try:
-            await job()
-        except ExternalError as exc:
-            log.warning("job_external_error job=%s error=%s", name, exc)
-        except Exception:
-            log.exception("job_failed job=%s", name)
-
-    return run

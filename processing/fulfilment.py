@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -118,6 +118,31 @@ class Fulfilment:
             sessions, openrouter, key_prefix=KEY_NAME_PREFIX, lease=funds_lease, ttl=funds_ttl
         )
         self._local: dict[int, asyncio.Lock] = {}
+        # Nudges the outbox so the buyer hears at once; the app sets it once the outbox
+        # exists (built after this).
+        self.wake: Callable[[], None] = lambda: None
+        self._kicks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ kick
+    async def kick(self, user_id: int) -> None:
+        """A payment was confirmed: fulfil now in the background (the job would too)."""
+        self.wake()
+        task = asyncio.create_task(self._kicked(user_id))
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
+
+    async def _kicked(self, user_id: int) -> None:
+        try:
+            await self.fulfil_user(user_id)
+        except Exception:
+            log.exception("fulfil_failed user=%s", user_id)
+        self.wake()
+
+    async def stop(self) -> None:
+        """Cancel the kicks in flight; the fulfilment job finishes them after a restart."""
+        for task in list(self._kicks):
+            task.cancel()
+        await asyncio.gather(*self._kicks, return_exceptions=True)
 
     # ------------------------------------------------------------------ jobs
     async def run_due(self) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy import select, text, update
 from bot.app import BotApp
 from db.engine import create_engine
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage
-from processing.jobs import JobIntervals
+from processing.scheduler import JobIntervals
 from sandbox.provider_control import KryptoExpressControl, OpenRouterControl
 from sandbox.runner import ADMIN_CHAT_ID, Sandbox, start_sandbox, temp_sqlite_url
 from sandbox.telegram_control import TelegramControl

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 
 from bot.app import BotApp
 from db.models import Broadcast, OutboxMessage, User
-from processing.jobs import JobIntervals
+from processing.scheduler import JobIntervals
 from sandbox.runner import ADMIN_ID
 from services.clock import utcnow
 from tests.harness import IDLE, Env, running_env

@@ -13,7 +13,7 @@ from bot.app import BotApp
 from db import repo
 from db.models import User
 from processing.fulfilment import KEY_CREATE_STARTED, Fulfilment
-from processing.jobs import JobIntervals
+from processing.scheduler import JobIntervals
 from sandbox.runner import MANAGEMENT_KEY
 from services.clock import utcnow
 from tests.harness import IDLE, running_env

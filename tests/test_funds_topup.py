@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from db.models import FundsLedger
-from processing.jobs import JobIntervals
+from processing.scheduler import JobIntervals
 from sandbox.runner import ADMIN_ID
 from tests.harness import IDLE, Env, running_env
 

@@ -42,8 +42,8 @@ async def test_daily_report_matches_a_hand_count_and_is_sent_once(tmp_path: Path
         committed = g.base_usd  # the one key carries the one delivery, unspent
 
         today = utcnow().date()  # TIMEZONE is UTC here
-        assert await env.app.admin_ops.daily_report(today) is True
-        assert await env.app.admin_ops.daily_report(today) is False  # a double run
+        assert await env.app.reports.daily_report(today) is True
+        assert await env.app.reports.daily_report(today) is False  # a double run
         report = await env.tg.wait_for_text(env.admin_chat, "Daily report")
         text = report["plain"]
         assert today.isoformat() in text
@@ -62,7 +62,7 @@ async def test_daily_report_matches_a_hand_count_and_is_sent_once(tmp_path: Path
         assert len(sent) == 1
 
         # Yesterday had nothing: a report of zeros, under its own key.
-        assert await env.app.admin_ops.daily_report(today - timedelta(days=1)) is True
+        assert await env.app.reports.daily_report(today - timedelta(days=1)) is True
         zero = await env.tg.wait_for_text(
             env.admin_chat, f"Daily report {today - timedelta(days=1)}"
         )
@@ -74,7 +74,7 @@ async def test_weekly_report_and_the_scheduled_jobs(tmp_path: Path) -> None:
     async with running_env(
         tmp_path, timezone="Asia/Tokyo", daily_report_time="08:30", weekly_report_day="tue"
     ) as env:
-        ops = env.app.admin_ops
+        ops = env.app.reports
         # 2024-05-08 00:30 in Tokyo is 2024-05-07 15:30 UTC: "yesterday" is Tokyo's 7 May.
         now = datetime(2024, 5, 7, 15, 30, tzinfo=UTC)
         assert await ops.run_daily_due(now) is True
@@ -99,7 +99,7 @@ async def test_weekly_report_and_the_scheduled_jobs(tmp_path: Path) -> None:
 
 async def test_a_report_missed_during_downtime_is_caught_up_once(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
-        ops = env.app.admin_ops
+        ops = env.app.reports
         now = datetime(2024, 5, 8, 10, 0, tzinfo=UTC)  # after 09:00: the 7 May report is due
         await ops.catch_up(now)  # a fresh install: no report history, nothing sent
         assert not [m for m in await env.outbox() if (m.dedupe_key or "").startswith("daily")]

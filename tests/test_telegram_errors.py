@@ -149,7 +149,7 @@ async def test_admin_group_upgrade_is_followed_stored_and_announced(tmp_path: Pa
         # Admin commands are accepted in the new supergroup; reports go there as well.
         await env.tg.send_text(ADMIN_ID, "/stats", chat_id=NEW_GROUP)
         await env.tg.wait_for_text(NEW_GROUP, "Stats")
-        assert env.app.admin_ops.notifier.admin_chat_id == NEW_GROUP
+        assert env.app.reports.notifier.admin_chat_id == NEW_GROUP
 
 
 # ---------------------------------------------------------------- every error class

@@ -1,8 +1,9 @@
-"""The operator's view of the ledger: period figures, one order's history, retry, refund.
+"""The operator's view of the ledger: period figures, one order's dossier, retry, refund.
 
-Database only (no HTTP): the OpenRouter side (balance, reconciliation) lives in
-processing/reports.py. Money is summed in Python with Decimal — SQLite stores it as
-text, and SQL SUM would go through float.
+Database only (no HTTP): ``processing/admin_ops.py`` (the one admin object handlers
+get) wraps it with the OpenRouter side (balance, reconciliation, the refund's key
+check). Money is summed in Python with Decimal — SQLite stores it as text, and SQL SUM
+would go through float.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class OrderView:
+class OrderDossier:
+    """One order as the admin sees it (/order): with its buyer, timeline and receipt.
+    Not the buyer's ``services.orders.OrderView``."""
+
     order: Order
     user: User | None
     events: list[OrderEvent] = field(default_factory=list)
@@ -124,7 +128,7 @@ class ActionResult:
 Fence = Callable[[AsyncSession], Awaitable[None]]
 
 
-class AdminService:
+class AdminLedger:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
 
@@ -181,7 +185,7 @@ class AdminService:
             awaiting_funds=int(open_now.get(OrderStatus.AWAITING_FUNDS.value, 0)),
         )
 
-    async def order_view(self, order_id: int) -> OrderView | None:
+    async def order_dossier(self, order_id: int) -> OrderDossier | None:
         if not 0 < order_id <= MAX_ROW_ID:
             return None
         async with self.sessions() as session:
@@ -201,7 +205,7 @@ class AdminService:
                     select(Payment.received_amount).where(Payment.order_id == order_id)
                 )
             ).scalar()
-            return OrderView(order, user, list(events), received)
+            return OrderDossier(order, user, list(events), received)
 
     # ------------------------------------------------------------- actions
     async def retry(self, order_id: int, admin_id: int) -> ActionResult:
