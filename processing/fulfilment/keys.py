@@ -25,6 +25,8 @@ def key_name(user_id: int) -> str:
 
 
 class KeyCreation(BuyerLeasing):
+    """Part of ``Fulfilment``: the buyer's key, created at most once."""
+
     openrouter: OpenRouterClient
     vault: KeyVault
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class LedgerReassert(BuyerLeasing):
+    """Part of ``Fulfilment``: the key limit put back to the ledger, confirmed."""
+
     openrouter: OpenRouterClient
 
     async def reassert_ledger(self, user_id: int, token: str) -> Decimal | None:

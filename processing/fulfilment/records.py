@@ -36,6 +36,8 @@ AFTER_DELIVERY = [
 
 
 class AttemptRecords(LedgerReassert):
+    """Part of ``Fulfilment``: one transaction per way an attempt ends."""
+
     notifier: Notifier
     max_attempts: int
     retry_base: timedelta
