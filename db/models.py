@@ -144,7 +144,7 @@ class Order(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
-    # Waiting for the operator's funds (processing/fulfilment.py): what this order asks of
+    # Waiting for the operator's funds (processing/fulfilment/): what this order asks of
     # the headroom (counted by orders queued behind it), and the top-up last told to the
     # admin group (a new figure is told once). USD, like every amount of this row.
     funds_needed_usd: Mapped[Decimal | None] = mapped_column(Money(12, 6))

@@ -150,3 +150,11 @@ async def get_api_key(session: AsyncSession, user_id: int) -> ApiKey | None:
 async def user_language(session: AsyncSession, user_id: int) -> str:
     lang = (await session.execute(select(User.language).where(User.id == user_id))).scalar()
     return lang or "en"
+
+
+def lease_free(lease_until: Any, now: datetime) -> Any:
+    """The SQL condition "no one holds this lease": never taken, or run out.
+
+    One spelling for every leased row (buyers, orders' workers, the funds ledger, the
+    outbox), so what counts as a free lease cannot differ between them."""
+    return lease_until.is_(None) | (lease_until < now)

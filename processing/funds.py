@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from db import repo
 from db.models import FundsLedger
 from services.clock import utcnow
 from services.errors import OpenRouterError
@@ -118,7 +119,7 @@ class SharedFunds:
                     update(FundsLedger)
                     .where(
                         FundsLedger.id == LEDGER_ID,
-                        or_(FundsLedger.lease_until.is_(None), FundsLedger.lease_until < now),
+                        repo.lease_free(FundsLedger.lease_until, now),
                     )
                     .values(
                         lease_owner=token,

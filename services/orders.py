@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class _OpenedOrder:
+    """An order just made from a quote: what asking for its invoice needs."""
+
+    order_id: int
+    total_usd: Decimal
+    asset: str
+
+
+@dataclass(frozen=True)
 class UserView:
     id: int
     language: str
@@ -311,7 +320,27 @@ class OrderService:
         The quote is claimed by compare-and-set, so a double tap makes one order. Confirming
         an already confirmed quote returns its order: after a crash Telegram redelivers the
         tap, and the buyer must then see the payment screen, not an error.
+
+        The story, with no transaction open during the provider call: claim the quote for a
+        ``new`` order (one transaction), ask the provider for an invoice, then record the
+        invoice or, when no provider gave one, cancel the order (one transaction either way).
         """
+        opened = await self._open_order(user_id, quote_id)
+        if isinstance(opened, OrderView):
+            return opened, []  # confirmed before: its payment screen again
+        try:
+            invoice, failures = await self.gateway.create_invoice(
+                order_id=opened.order_id, amount_usd=opened.total_usd, asset=opened.asset
+            )
+        except DomainError as exc:
+            await self._cancel_uninvoiced(opened.order_id, exc)
+            raise
+        return await self._record_invoice(opened.order_id, invoice, failures), failures
+
+    async def _open_order(self, user_id: int, quote_id: int) -> OrderView | _OpenedOrder:
+        """Transaction 1: claim the quote for a new order (``new``, no invoice yet).
+
+        Returns the existing order instead when the quote was confirmed before."""
         now = utcnow()
         async with self.sessions() as session, session.begin():
             quote = await session.get(Quote, quote_id)
@@ -321,7 +350,7 @@ class OrderService:
                 existing = await session.get(Order, quote.order_id)
                 if existing is None or existing.status not in _RESHOWABLE:
                     raise QuoteUnavailable()
-                return OrderView.of(existing), []
+                return OrderView.of(existing)
             if quote.expires_at <= now:
                 raise QuoteUnavailable("quote.expired")
             order = Order(
@@ -357,37 +386,44 @@ class OrderService:
                 status=OrderStatus.NEW.value,
                 detail={"quote_id": quote_id, "total_usd": str(quote.total_usd)},
             )
-            order_id, total, asset = order.id, order.total_usd, order.asset
-        annotate(order_id=order_id)
+            opened = _OpenedOrder(order.id, order.total_usd, order.asset)
+        annotate(order_id=opened.order_id)
         log.info(
-            "order_created order=%s user=%s total=%s asset=%s", order_id, user_id, total, asset
+            "order_created order=%s user=%s total=%s asset=%s",
+            opened.order_id,
+            user_id,
+            opened.total_usd,
+            opened.asset,
         )
+        return opened
 
-        try:
-            invoice, failures = await self.gateway.create_invoice(
-                order_id=order_id, amount_usd=total, asset=asset
+    async def _cancel_uninvoiced(self, order_id: int, exc: DomainError) -> None:
+        """Closing transaction when no provider gave an invoice: the order is cancelled and
+        the admins are told which providers failed."""
+        async with self.sessions() as session, session.begin():
+            await repo.transition(
+                session,
+                order_id,
+                [OrderStatus.NEW],
+                OrderStatus.CANCELLED,
+                actor="system",
+                kind="invoice_failed",
+                detail={"failures": exc.params.get("failures", [])},
             )
-        except DomainError as exc:
-            async with self.sessions() as session, session.begin():
-                await repo.transition(
+            if self.notifier is not None and exc.params.get("failures"):
+                await self.notifier.admin(
                     session,
-                    order_id,
-                    [OrderStatus.NEW],
-                    OrderStatus.CANCELLED,
-                    actor="system",
-                    kind="invoice_failed",
-                    detail={"failures": exc.params.get("failures", [])},
+                    "admin.provider_failed",
+                    dedupe=f"provider-failed:{order_id}",
+                    order_id=order_id,
+                    failures="; ".join(exc.params["failures"])[:500],
                 )
-                if self.notifier is not None and exc.params.get("failures"):
-                    await self.notifier.admin(
-                        session,
-                        "admin.provider_failed",
-                        dedupe=f"provider-failed:{order_id}",
-                        order_id=order_id,
-                        failures="; ".join(exc.params["failures"])[:500],
-                    )
-            raise
 
+    async def _record_invoice(
+        self, order_id: int, invoice: Invoice, failures: list[str]
+    ) -> OrderView:
+        """Closing transaction with the invoice: the order awaits its payment, which gets
+        its row. ``OrderStateConflict`` if the stale-invoice sweeper cancelled it meanwhile."""
         async with self.sessions() as session, session.begin():
             recorded = await repo.transition(
                 session,
@@ -442,7 +478,7 @@ class OrderService:
             order_row = await session.get(Order, order_id)
             assert order_row is not None
             await session.refresh(order_row)
-            return OrderView.of(order_row), failures
+            return OrderView.of(order_row)
 
     # ----------------------------------------------------------------- orders
     async def order_for_user(self, user_id: int, order_id: int) -> OrderView:

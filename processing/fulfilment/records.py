@@ -1,0 +1,276 @@
+"""Recording how one attempt ended: delivered, waiting for funds, or failed (retry or give up).
+
+Each record is one transaction fenced by the buyer's lease, with its messages written
+to the outbox in it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import update
+
+from bot.callbacks import MenuCb
+from db import repo
+from db.models import ApiKey, Order, OrderStatus
+from processing.fulfilment.ledger import LedgerReassert
+from processing.funds import Funds
+from services.clock import utcnow
+from services.errors import OpenRouterError
+from services.money import ceil_cents, format_tokens, format_usd
+from services.notify import API_KEY_SLOT, Notifier
+from services.openrouter import KeyInfo
+from services.quota import last_known
+
+log = logging.getLogger(__name__)
+
+# Buttons under a delivery: buy more, see the quota (callback data of bot.callbacks.MenuCb).
+AFTER_DELIVERY = [
+    [
+        ("menu.ai_tokens", MenuCb(action="tokens").pack()),
+        ("menu.quota", MenuCb(action="quota").pack()),
+    ]
+]
+
+
+class AttemptRecords(LedgerReassert):
+    """Part of ``Fulfilment``: one transaction per way an attempt ends."""
+
+    notifier: Notifier
+    max_attempts: int
+    retry_base: timedelta
+    funds_recheck: timedelta
+
+    async def _delivered(
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        key_hash: str,
+        target: Decimal,
+        info: KeyInfo,
+        created: bool,
+    ) -> None:
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            order = await session.get(Order, order_id)
+            assert order is not None
+            await self._leave_fulfilling(
+                session,
+                order_id,
+                token,
+                OrderStatus.DELIVERED,
+                kind="delivered",
+                detail={"key_hash": key_hash, "limit_usd": str(target)},
+                delivered_at=utcnow(),
+                next_attempt_at=None,
+                last_error=None,
+            )
+            key_row = await repo.get_api_key(session, user_id)
+            assert key_row is not None
+            show_key = not key_row.key_shown
+            # A new updated_at is a new version of the key row: every replica's /quota cache
+            # misses on it (services/quota.py). The PATCH's answer becomes the last known
+            # figures, shown if OpenRouter is down on the next /quota.
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_row.id)
+                .values(
+                    limit_usd=target,
+                    updated_at=utcnow(),
+                    key_shown=True,
+                    **last_known(info, utcnow()),
+                )
+            )
+            usage = info.usage
+            remaining = (
+                info.limit_remaining if info.limit_remaining is not None else (target - usage)
+            )
+            params: dict[str, Any] = {
+                "order_id": order_id,
+                "tokens": format_tokens(order.tokens),
+                "model": order.model,
+                "limit": format_usd(target),
+                "used": format_usd(usage),
+                "remaining": format_usd(remaining),
+            }
+            if show_key:
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delivered_new_key",
+                    dedupe=f"delivered:{order_id}",
+                    payload={"secret_key_of": user_id},
+                    buttons=AFTER_DELIVERY,
+                    api_key=API_KEY_SLOT,
+                    **params,
+                )
+            else:
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delivered_topup",
+                    dedupe=f"delivered:{order_id}",
+                    buttons=AFTER_DELIVERY,
+                    **params,
+                )
+        log.info(
+            "delivered order=%s user=%s limit=%s new_key=%s", order_id, user_id, target, created
+        )
+
+    async def _await_funds(
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        told: Decimal | None,
+        attempts: int,
+        needed: Decimal,
+        ahead: Decimal,
+        funds: Funds,
+    ) -> None:
+        # The real shortfall: a negative headroom is money the operator already owes the
+        # keys, so it is topped up too (module docstring for ``ahead``).
+        topup = ceil_cents(needed + ahead - funds.headroom)
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            await self._leave_fulfilling(
+                session,
+                order_id,
+                token,
+                OrderStatus.AWAITING_FUNDS,
+                kind="awaiting_funds",
+                detail={
+                    "needed": str(needed),
+                    "ahead": str(ahead),
+                    "available": str(funds.available),
+                    "committed": str(funds.committed),
+                    "topup": str(topup),
+                },
+                next_attempt_at=utcnow() + self.funds_recheck,
+                funds_needed_usd=needed,
+                funds_topup_usd=topup,
+            )
+            figures = {
+                "order_id": order_id,
+                "topup": format_usd(topup),
+                "available": format_usd(funds.available),
+                "committed": format_usd(funds.committed),
+                "needed": format_usd(needed),
+                "ahead": format_usd(ahead),
+            }
+            # The figure told is stored in this transaction, fenced by the lease: told once
+            # per figure. Dedupe per attempt: an order back in the queue after /retry of a
+            # failure (which forgets the figure) is announced again.
+            if told is not None and told != topup:
+                await self.notifier.admin(
+                    session,
+                    "admin.awaiting_funds_changed",
+                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    recheck=True,
+                    previous=format_usd(told),
+                    **figures,
+                )
+            elif told is None:
+                await self.notifier.admin(
+                    session,
+                    "admin.awaiting_funds",
+                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    recheck=True,
+                    **figures,
+                )
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.delayed",
+                    dedupe=f"delayed:{order_id}",
+                    order_id=order_id,
+                )
+        log.warning("awaiting_funds order=%s topup=%s", order_id, topup)
+
+    async def _attempt_failed(
+        self,
+        order_id: int,
+        user_id: int,
+        token: str,
+        attempts: int,
+        exc: OpenRouterError,
+    ) -> None:
+        give_up = not exc.transient or attempts >= self.max_attempts
+        failure: dict[str, Any] = {"error": str(exc), "attempts": attempts}
+        if give_up:
+            # A PATCH of this attempt, or of an earlier one cut short by a crash, may have
+            # landed with its answer lost: the credit may be on the key. A failed order is
+            # out of the ledger, so the key goes back to the ledger without it, confirmed.
+            try:
+                limit = await self.reassert_ledger(user_id, token)
+                if limit is not None:
+                    failure["key_limit"] = str(limit)
+            except OpenRouterError as reassert_error:
+                if reassert_error.transient:
+                    # Can't confirm the key now: don't give up with credit maybe on it;
+                    # the next attempt either delivers or gets here again.
+                    give_up = False
+                    exc = OpenRouterError(
+                        "openrouter",
+                        f"{exc}; key limit not confirmed after it: {reassert_error}",
+                        transient=True,
+                    )
+                else:
+                    failure["key_unconfirmed"] = str(reassert_error)
+        async with self.sessions() as session, session.begin():
+            await self._renew(session, user_id, token)
+            if give_up:
+                await self._leave_fulfilling(
+                    session,
+                    order_id,
+                    token,
+                    OrderStatus.FAILED,
+                    kind="fulfilment_failed",
+                    detail=failure,
+                    last_error=str(exc)[:2000],
+                    # Out of the funds queue; an admin's /retry starts it afresh.
+                    funds_needed_usd=None,
+                    funds_topup_usd=None,
+                )
+                await self.notifier.admin(
+                    session,
+                    "admin.fulfilment_failed",
+                    dedupe=f"failed:{order_id}:{attempts}",
+                    order_id=order_id,
+                    user_id=user_id,
+                    error=str(exc)[:500],
+                    attempts=attempts,
+                )
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.failed",
+                    dedupe=f"failed:{order_id}",
+                    order_id=order_id,
+                )
+            else:
+                delay = self.retry_base * (2 ** (attempts - 1))
+                await self._leave_fulfilling(
+                    session,
+                    order_id,
+                    token,
+                    OrderStatus.PAID,
+                    kind="fulfilment_retry",
+                    detail={
+                        "error": str(exc),
+                        "attempts": attempts,
+                        "retry_in_s": delay.total_seconds(),
+                    },
+                    last_error=str(exc)[:2000],
+                    next_attempt_at=utcnow() + min(delay, timedelta(minutes=30)),
+                )
+        log.warning(
+            "fulfilment_attempt_failed order=%s attempts=%s give_up=%s error=%s",
+            order_id,
+            attempts,
+            give_up,
+            exc,
+        )
