@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.callbacks import MenuCb
 from db import repo
 from db.models import ApiKey, Order, OrderEvent, OrderStatus, User
+from db.status import CLAIMABLE
 from processing.funds import Funds, SharedFunds
 from services.clock import utcnow
 from services.errors import OpenRouterError
@@ -58,7 +59,6 @@ AFTER_DELIVERY = [
     ]
 ]
 KEY_CREATE_STARTED = "key_create_started"
-CLAIMABLE = (OrderStatus.PAID, OrderStatus.AWAITING_FUNDS, OrderStatus.FULFILLING)
 
 
 async def _count(session: AsyncSession, *where: Any) -> int:

@@ -65,6 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import OutboxMessage, User
+from db.status import OutboxStatus
 from locales import translator
 from services.broadcast import BroadcastService, Progress
 from services.clock import utcnow
@@ -354,7 +355,7 @@ class OutboxSender:
         ok = await self._send_one(joined)
         if ok:
             for row in rows[1:]:
-                await self._finish(row, "sent")
+                await self._finish(row, OutboxStatus.SENT)
             self.sent_count += len(rows) - 1
         else:
             # _send_one recorded the outcome on the first row; the others were only
@@ -380,7 +381,7 @@ class OutboxSender:
         clock = time.monotonic()
         waiting = self._limiter.waiting_chats(clock)
         async with self.sessions() as session, session.begin():
-            query = select(OutboxMessage).where(OutboxMessage.status == "pending")
+            query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.PENDING.value)
             if waiting:
                 # Whole chats are left out, so no later row of theirs can overtake.
                 query = query.where(OutboxMessage.chat_id.not_in(waiting))
@@ -421,7 +422,7 @@ class OutboxSender:
                         update(OutboxMessage)
                         .where(
                             OutboxMessage.id.in_([row.id for row in chosen]),
-                            OutboxMessage.status == "pending",
+                            OutboxMessage.status == OutboxStatus.PENDING.value,
                             (OutboxMessage.lease_until.is_(None))
                             | (OutboxMessage.lease_until < now),
                         )
@@ -478,7 +479,7 @@ class OutboxSender:
             ValueError,
         ) as exc:
             # Permanent: retrying the same request cannot succeed. Recorded for the operator.
-            await self._finish(row, "failed", error=f"{type(exc).__name__}: {exc}")
+            await self._finish(row, OutboxStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             log.error("outbox_bad_request id=%s chat=%s error=%s", row.id, row.chat_id, exc)
             return False
         except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
@@ -488,7 +489,7 @@ class OutboxSender:
             log.warning("outbox_retry id=%s chat=%s error=%s", row.id, row.chat_id, error)
             await self._retry(row, delay=min(300.0, 2.0**row.attempts), error=error)
             return False
-        await self._finish(row, "sent")
+        await self._finish(row, OutboxStatus.SENT)
         self.sent_count += 1
         return True
 
@@ -513,14 +514,16 @@ class OutboxSender:
             raise LookupError(f"no stored key for user {user_id}")
         return self.vault.decrypt(key.encrypted_key)
 
-    async def _finish(self, row: OutboxMessage, status: str, error: str | None = None) -> None:
+    async def _finish(
+        self, row: OutboxMessage, status: OutboxStatus, error: str | None = None
+    ) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row.id)
                 .values(
-                    status=status,
-                    sent_at=utcnow() if status == "sent" else None,
+                    status=status.value,
+                    sent_at=utcnow() if status == OutboxStatus.SENT else None,
                     lease_until=None,
                     attempts=OutboxMessage.attempts + 1,
                     last_error=error[:1000] if error else None,
@@ -532,7 +535,7 @@ class OutboxSender:
     ) -> None:
         attempts = row.attempts + (1 if count else 0)
         if attempts >= MAX_ATTEMPTS:
-            await self._finish(row, "failed", error=f"gave up: {error}")
+            await self._finish(row, OutboxStatus.FAILED, error=f"gave up: {error}")
             log.error("outbox_gave_up id=%s chat=%s error=%s", row.id, row.chat_id, error)
             return
         async with self.sessions() as session, session.begin():
@@ -553,7 +556,10 @@ class OutboxSender:
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == "pending")
+                .where(
+                    OutboxMessage.id.in_(row_ids),
+                    OutboxMessage.status == OutboxStatus.PENDING.value,
+                )
                 .values(lease_until=None)
             )
 
@@ -568,7 +574,10 @@ class OutboxSender:
                 was_admin = await admin_chat.record_move(session, old, new)
                 await session.execute(
                     update(OutboxMessage)
-                    .where(OutboxMessage.chat_id == old, OutboxMessage.status == "pending")
+                    .where(
+                        OutboxMessage.chat_id == old,
+                        OutboxMessage.status == OutboxStatus.PENDING.value,
+                    )
                     .values(
                         chat_id=new,
                         lease_until=None,
@@ -599,8 +608,13 @@ class OutboxSender:
             await session.execute(update(User).where(User.id == chat_id).values(reachable=False))
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.chat_id == chat_id, OutboxMessage.status == "pending")
-                .values(status="dropped", lease_until=None, last_error=error[:1000])
+                .where(
+                    OutboxMessage.chat_id == chat_id,
+                    OutboxMessage.status == OutboxStatus.PENDING.value,
+                )
+                .values(
+                    status=OutboxStatus.DROPPED.value, lease_until=None, last_error=error[:1000]
+                )
             )
         log.warning("chat_unreachable chat=%s error=%s", chat_id, error)
 

@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage
+from db.status import SETTLED, UNPAID
 from locales import Translator, translator
 from processing.fulfilment import KEY_NAME_PREFIX, BuyerBusy, Fulfilment, FundsRecheck, LeaseLost
 from processing.payment_notices import partial_view
-from processing.payments import SETTLED
 from services.admin import (
     ActionOutcome,
     ActionResult,
@@ -50,20 +50,6 @@ RECONCILE_WINDOW = timedelta(days=7)
 # A run missed while the loop was busy or the machine slept still happens once.
 REPORT_MISFIRE_GRACE = 6 * 3600
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-# The provider took the money for these; for the others it must not have.
-UNPAID_STATES = {
-    OrderStatus.NEW.value,
-    OrderStatus.AWAITING_PAYMENT.value,
-    OrderStatus.EXPIRED.value,
-    OrderStatus.CANCELLED.value,
-}
-PAID_STATES = {
-    OrderStatus.PAID.value,
-    OrderStatus.FULFILLING.value,
-    OrderStatus.AWAITING_FUNDS.value,
-    OrderStatus.DELIVERED.value,
-    OrderStatus.FAILED.value,
-}
 
 
 @dataclass(frozen=True)
@@ -218,9 +204,9 @@ class AdminOps:
                 "provider": row.provider,
                 "total": format_usd(row.total_usd),
             }
-            if status.is_paid and row.status in UNPAID_STATES:
+            if status.is_paid and row.status in UNPAID:
                 report.mismatches.append(Mismatch("provider_paid", str(row.id), params))
-            elif not status.is_paid and row.status in PAID_STATES:
+            elif not status.is_paid and row.status in SETTLED:
                 report.mismatches.append(Mismatch("provider_unpaid", str(row.id), params))
 
         await asyncio.gather(*(check(row) for row in orders))

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Order, OrderStatus, Payment, Quote, User
+from db.status import OPEN
 from services.clock import utcnow
 from services.errors import (
     CurrencyUnavailable,
@@ -93,10 +94,6 @@ class OrderView:
             expires_at=order.expires_at,
             created_at=order.created_at,
         )
-
-
-# A confirmed quote's order can be shown again while it waits for the invoice or payment.
-_RESHOWABLE = (OrderStatus.NEW.value, OrderStatus.AWAITING_PAYMENT.value)
 
 
 class PaymentGateway:
@@ -299,7 +296,7 @@ class OrderService:
                 raise QuoteUnavailable()
             if quote.order_id is not None:
                 order = await session.get(Order, quote.order_id)
-                if order is None or order.status not in _RESHOWABLE:
+                if order is None or order.status not in OPEN:
                     raise QuoteUnavailable()
                 return
         if quote.expires_at <= utcnow():
@@ -319,7 +316,7 @@ class OrderService:
                 raise QuoteUnavailable()
             if quote.order_id is not None:
                 existing = await session.get(Order, quote.order_id)
-                if existing is None or existing.status not in _RESHOWABLE:
+                if existing is None or existing.status not in OPEN:
                     raise QuoteUnavailable()
                 return OrderView.of(existing), []
             if quote.expires_at <= now:
