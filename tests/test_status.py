@@ -8,6 +8,7 @@ The database is SQLite in a temp dir, or the PostgreSQL named by TEST_DATABASE_U
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -31,9 +32,12 @@ from db.status import (
     UNPAID,
     IllegalTransition,
     OrderStatus,
+    mermaid,
 )
 from services.clock import utcnow
 from tests.harness import database_url, wipe_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PAIRS = [(source, target) for source in OrderStatus for target in TRANSITIONS[source]]
 ILLEGAL = [
@@ -149,3 +153,10 @@ def test_the_groups_the_code_moves_are_in_the_table() -> None:
     assert not UNPAID & SETTLED
     assert OPEN <= UNPAID
     assert {OrderStatus.DELIVERED, OrderStatus.REFUNDED} == TERMINAL
+
+
+def test_the_architecture_doc_shows_the_table() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```mermaid\n(.*?)\n```", doc, re.S)
+    assert block is not None, "docs/architecture.md has no mermaid block"
+    assert block.group(1) == mermaid(), "regenerate it: python -m db.status"
