@@ -29,6 +29,7 @@ from services.jsonutil import jsonable
 from services.logcontext import annotate, bind
 from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
+from services.orders import owned
 from services.payments.base import PaymentProvider, PaymentStatus
 
 log = logging.getLogger(__name__)
@@ -262,9 +263,7 @@ class AITokenPaymentProcessor:
         """The buyer's "Check payment": ask the provider (at most once per order per
         ``check_every``, however many taps arrive at once), then report what we know."""
         async with self.sessions() as session, session.begin():
-            order = await session.get(Order, order_id)
-            if order is None or order.user_id != user_id:
-                raise OrderNotFound()
+            order = await owned(session, Order, order_id, user_id, OrderNotFound)
             ref = (order.provider, order.provider_payment_id, order.provider_hash)
             now = utcnow()
             # A compare-and-set on the row, not a lock in memory: concurrent taps and
@@ -283,15 +282,15 @@ class AITokenPaymentProcessor:
         if ask:  # committed above: no transaction is held across the call
             await self._poll_one(ref[0], ref[1], ref[2], source=f"check:user:{user_id}")
         async with self.sessions() as session:
-            order = await session.get(Order, order_id)
-            assert order is not None
+            current = await session.get(Order, order_id)
+            assert current is not None
             received = (
                 await session.execute(
                     select(Payment.received_amount).where(Payment.order_id == order_id)
                 )
             ).scalar()
-            status = OrderStatus(order.status)
-            partial = notices.partial_view(order, received) if status in OPEN else None
+            status = OrderStatus(current.status)
+            partial = notices.partial_view(current, received) if status in OPEN else None
             return PaymentCheck(status, partial)
 
     async def poll_open(self) -> int:
