@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -98,7 +97,6 @@ async def add_outbox(
     dedupe_key: str | None,
     kind: str = "text",
     payload: dict[str, Any] | None = None,
-    not_before: datetime | None = None,
 ) -> None:
     """Queue a message; a second write with the same dedupe key does nothing."""
     now = utcnow()
@@ -110,7 +108,7 @@ async def add_outbox(
         "dedupe_key": dedupe_key,
         "status": OutboxStatus.PENDING.value,
         "attempts": 0,
-        "next_attempt_at": not_before or now,
+        "next_attempt_at": now,
         "created_at": now,
     }
     dialect = session.bind.dialect.name if session.bind is not None else ""
@@ -139,10 +137,6 @@ async def delivered_base_sum(session: AsyncSession, user_id: int) -> Decimal:
     )
     # Summed in Python: SQLite keeps money as text, and SQL SUM would go through float.
     return sum((value for (value,) in rows), Decimal("0.00"))
-
-
-async def get_user(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
 
 
 async def get_api_key(session: AsyncSession, user_id: int) -> ApiKey | None:

@@ -113,7 +113,6 @@ class PaymentGateway:
 
     def __init__(self, providers: list[PaymentProvider]) -> None:
         self.providers = providers
-        self.by_name = {p.name: p for p in providers}
 
     async def assets(self) -> list[str]:
         offered: set[str] = set()
@@ -392,11 +391,6 @@ class OrderService:
             return OrderView.of(order_row), failures
 
     # ----------------------------------------------------------------- orders
-    async def order_for_user(self, user_id: int, order_id: int) -> OrderView:
-        async with self.sessions() as session:
-            order = await owned(session, Order, order_id, user_id, OrderNotFound)
-            return OrderView.of(order)
-
     async def cancel_order(self, user_id: int, order_id: int) -> OrderView:
         async with self.sessions() as session, session.begin():
             order = await owned(session, Order, order_id, user_id, OrderNotFound)
