@@ -77,7 +77,8 @@ class IllegalTransition(RuntimeError):
 
 
 def check_transition(allowed: Collection[OrderStatus], to: OrderStatus) -> None:
-    """Refuse a compare-and-set whose any ``allowed → to`` is not in TRANSITIONS."""
+    """Refuse a compare-and-set that allows nothing, or any ``allowed → to`` move
+    TRANSITIONS does not list."""
     illegal = sorted(s.value for s in allowed if to not in TRANSITIONS[s])
     if illegal or not allowed:
         raise IllegalTransition(f"{illegal or '(none)'} → {to.value}")
