@@ -10,12 +10,12 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from db.models import OrderStatus
+from db.status import SETTLED
 from locales import Translator
 from processing.admin_ops import Balance, Reconciliation, mismatch_text
 from processing.admin_reports import balance_text, stats_text
 from processing.fulfilment import FundsRecheck
 from processing.payment_notices import partial_view
-from processing.payments import SETTLED
 from services.admin_ledger import OrderDossier, Stats
 from services.money import format_crypto, format_tokens, format_usd
 

@@ -53,6 +53,7 @@ from services.payments.registry import build_providers
 from services.preferences import PreferencesService
 from services.pricing import AITokenService, PricingRules
 from services.quota import QuotaService
+from services.users import UserService
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class BotApp:
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
         )
+        self.users = UserService(self.sessions, self.catalog, self.pricing)
         self.orders = OrderService(
             self.sessions,
             self.catalog,
@@ -169,6 +171,7 @@ class BotApp:
         self.dp = Dispatcher(
             storage=self._storage(),
             settings=s,
+            users=self.users,
             orders=self.orders,
             processor=self.processor,
             quota=self.quota,
@@ -178,7 +181,7 @@ class BotApp:
         )
         self.bot.session.middleware(LateCallbackAnswers())
         self.dp.update.outer_middleware(LogContextMiddleware())
-        self.dp.update.outer_middleware(UserContextMiddleware(self.orders))
+        self.dp.update.outer_middleware(UserContextMiddleware(self.users))
         self.dp.include_routers(*routers())
         # The update types some handler uses, asked for in polling and webhook mode alike:
         # Telegram then sends exactly what the bot handles (my_chat_member included). A

@@ -19,7 +19,7 @@ from aiogram.types import TelegramObject, Update, User
 
 from locales import normalize_language, translator
 from services.logcontext import bind
-from services.orders import OrderService
+from services.users import UserService
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class LogContextMiddleware(BaseMiddleware):
 
 
 class UserContextMiddleware(BaseMiddleware):
-    def __init__(self, orders: OrderService) -> None:
-        self.orders = orders
+    def __init__(self, users: UserService) -> None:
+        self.users = users
 
     async def __call__(
         self,
@@ -58,7 +58,7 @@ class UserContextMiddleware(BaseMiddleware):
         data["t"] = translator(tg_user.language_code if tg_user else None)
         data["user"] = None
         if tg_user is not None and not tg_user.is_bot and (chat is None or chat.type == "private"):
-            user = await self.orders.ensure_user(
+            user = await self.users.ensure_user(
                 tg_user.id,
                 language=normalize_language(tg_user.language_code),
                 first_name=tg_user.first_name,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from db.status import OrderStatus as OrderStatus  # re-exported: the model's vocabulary
+from db.status import OutboxStatus
 from db.types import Money, UTCDateTime
 
 NAMING = {
@@ -44,19 +45,6 @@ MAX_BIGINT = 2**63 - 1
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class OrderStatus(StrEnum):
-    NEW = "new"  # order row written, invoice being created at the provider
-    AWAITING_PAYMENT = "awaiting_payment"
-    PAID = "paid"
-    FULFILLING = "fulfilling"
-    AWAITING_FUNDS = "awaiting_funds"
-    DELIVERED = "delivered"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    REFUNDED = "refunded"
 
 
 class User(Base):
@@ -109,7 +97,7 @@ class Order(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     quote_id: Mapped[int | None] = mapped_column(ForeignKey("quotes.id"), unique=True)
-    status: Mapped[str] = mapped_column(String(24), index=True)
+    status: Mapped[str] = mapped_column(String(24), index=True)  # OrderStatus
     # The quote, locked (SPEC §4).
     model: Mapped[str] = mapped_column(String(128))
     tokens: Mapped[int] = mapped_column(BigInteger)
@@ -240,7 +228,9 @@ class OutboxMessage(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     broadcast_id: Mapped[int | None] = mapped_column(Integer, index=True)
     category: Mapped[str | None] = mapped_column(String(32))  # admin alert topic
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[str] = mapped_column(
+        String(16), default=OutboxStatus.PENDING.value, index=True
+    )  # OutboxStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -257,7 +247,7 @@ class Broadcast(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(Text)
     created_by: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))  # draft | queued | done | cancelled
+    status: Mapped[str] = mapped_column(String(16))  # BroadcastStatus
     total: Mapped[int] = mapped_column(Integer, default=0)
     progress_chat_id: Mapped[int | None] = mapped_column(BigInteger)
     progress_message_id: Mapped[int | None] = mapped_column(Integer)

@@ -12,7 +12,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import ApiKey, Order, OrderEvent, OrderStatus, OutboxMessage, User
+from db.models import ApiKey, Order, OrderEvent, OutboxMessage, User
+from db.status import OrderStatus, OutboxStatus, check_transition
 from services.clock import utcnow
 
 
@@ -31,14 +32,17 @@ async def transition(
     """Compare-and-set an order's status; on success append an event.
 
     Returns the status the order had (the row count decides who acts), or None when
-    the order was not in an allowed state and nothing changed.
+    the order was not in an allowed state and nothing changed. A move TRANSITIONS does
+    not list raises ``IllegalTransition`` before anything is read.
     """
     allowed = list(allowed)
+    check_transition(allowed, to)
     now = utcnow()
     conditions = [Order.id == order_id, Order.status.in_([s.value for s in allowed])]
     for column, value in (where or {}).items():
         conditions.append(getattr(Order, column) == value)
-    # Fetch the previous status in the same statement where the database can.
+    # Read the previous status for the event, then write only if it is still the one
+    # read: the row count decides who acts.
     previous = (await session.execute(select(Order.status).where(*conditions))).scalar_one_or_none()
     if previous is None:
         return None
@@ -94,7 +98,6 @@ async def add_outbox(
     dedupe_key: str | None,
     kind: str = "text",
     payload: dict[str, Any] | None = None,
-    not_before: datetime | None = None,
 ) -> None:
     """Queue a message; a second write with the same dedupe key does nothing."""
     now = utcnow()
@@ -104,9 +107,9 @@ async def add_outbox(
         "text": text,
         "payload": payload,
         "dedupe_key": dedupe_key,
-        "status": "pending",
+        "status": OutboxStatus.PENDING.value,
         "attempts": 0,
-        "next_attempt_at": not_before or now,
+        "next_attempt_at": now,
         "created_at": now,
     }
     dialect = session.bind.dialect.name if session.bind is not None else ""
@@ -135,10 +138,6 @@ async def delivered_base_sum(session: AsyncSession, user_id: int) -> Decimal:
     )
     # Summed in Python: SQLite keeps money as text, and SQL SUM would go through float.
     return sum((value for (value,) in rows), Decimal("0.00"))
-
-
-async def get_user(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
 
 
 async def get_api_key(session: AsyncSession, user_id: int) -> ApiKey | None:

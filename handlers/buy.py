@@ -23,8 +23,9 @@ from locales import Translator
 from processing.payments import AITokenPaymentProcessor
 from services.errors import InvalidAmount, ModelUnavailable
 from services.money import format_tokens
-from services.orders import OrderService, OrderView, UserView
+from services.orders import OrderService, OrderView
 from services.pricing import parse_token_count
+from services.users import UserService, UserView
 
 router = RouterSpec(__name__)
 log = logging.getLogger(__name__)
@@ -114,11 +115,12 @@ async def model_chosen(
     t: Translator,
     user: UserView,
     orders: OrderService,
+    users: UserService,
 ) -> None:
     ids = orders.catalog.model_ids
     if not 0 <= callback_data.index < len(ids):
         raise ModelUnavailable()
-    await orders.set_model(user.id, ids[callback_data.index])
+    await users.set_model(user.id, ids[callback_data.index])
     fresh = UserView(user.id, user.language, ids[callback_data.index])
     text, markup = await _packages_screen(t, fresh, orders)
     await show(callback, text, markup)

@@ -11,7 +11,7 @@ from bot.callbacks import LangCb, MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import LANGUAGES, Translator, translator
-from services.orders import OrderService, UserView
+from services.users import UserService, UserView
 
 router = RouterSpec(__name__)
 
@@ -28,8 +28,8 @@ async def lang_button(callback: CallbackQuery, t: Translator) -> None:
 
 @router.callback_query(LangCb.filter(F.code.in_(LANGUAGES)))
 async def lang_chosen(
-    callback: CallbackQuery, callback_data: LangCb, user: UserView, orders: OrderService
+    callback: CallbackQuery, callback_data: LangCb, user: UserView, users: UserService
 ) -> None:
-    await orders.set_language(user.id, callback_data.code)
+    await users.set_language(user.id, callback_data.code)
     t = translator(callback_data.code)
     await show(callback, t("lang.changed"), keyboards.main_menu(t))

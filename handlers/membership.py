@@ -12,19 +12,19 @@ from aiogram.filters import KICKED, MEMBER, ChatMemberUpdatedFilter
 from aiogram.types import ChatMemberUpdated
 
 from handlers.spec import RouterSpec
-from services.orders import OrderService
+from services.users import UserService
 
 router = RouterSpec(__name__)
 log = logging.getLogger(__name__)
 
 
 @router.my_chat_member(ChatMemberUpdatedFilter(member_status_changed=KICKED))
-async def blocked(event: ChatMemberUpdated, orders: OrderService) -> None:
-    await orders.set_reachable(event.from_user.id, False)
+async def blocked(event: ChatMemberUpdated, users: UserService) -> None:
+    await users.set_reachable(event.from_user.id, False)
     log.info("buyer_blocked_bot user=%s", event.from_user.id)
 
 
 @router.my_chat_member(ChatMemberUpdatedFilter(member_status_changed=MEMBER))
-async def unblocked(event: ChatMemberUpdated, orders: OrderService) -> None:
-    await orders.set_reachable(event.from_user.id, True)
+async def unblocked(event: ChatMemberUpdated, users: UserService) -> None:
+    await users.set_reachable(event.from_user.id, True)
     log.info("buyer_unblocked_bot user=%s", event.from_user.id)

@@ -13,8 +13,8 @@ from bot.callbacks import MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator
-from services.orders import UserView
 from services.preferences import Preference, Preferences, PreferencesService
+from services.users import UserView
 
 router = RouterSpec(__name__)
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import ApiKey, Order, OrderStatus
+from db.status import SETTLED, UNPAID
 from locales import Translator, translator
 from processing.fulfilment import KEY_NAME_PREFIX, BuyerBusy, Fulfilment, FundsRecheck, LeaseLost
 from services.admin_ledger import (
@@ -40,13 +41,6 @@ from services.payments.base import PaymentProvider
 log = logging.getLogger(__name__)
 
 RECONCILE_WINDOW = timedelta(days=7)
-# The provider took the money for these; for the others it must not have.
-UNPAID_STATES = {
-    OrderStatus.NEW.value,
-    OrderStatus.AWAITING_PAYMENT.value,
-    OrderStatus.EXPIRED.value,
-    OrderStatus.CANCELLED.value,
-}
 PAID_STATES = {
     OrderStatus.PAID.value,
     OrderStatus.FULFILLING.value,
@@ -210,9 +204,9 @@ class AdminOps:
                 "provider": row.provider,
                 "total": format_usd(row.total_usd),
             }
-            if status.is_paid and row.status in UNPAID_STATES:
+            if status.is_paid and row.status in UNPAID:
                 report.mismatches.append(Mismatch("provider_paid", str(row.id), params))
-            elif not status.is_paid and row.status in PAID_STATES:
+            elif not status.is_paid and row.status in SETTLED:
                 report.mismatches.append(Mismatch("provider_unpaid", str(row.id), params))
 
         await asyncio.gather(*(check(row) for row in orders))

@@ -21,14 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import repo
 from db.models import Order, OrderStatus
+from db.status import OPEN
 from services.clock import format_utc
 from services.jsonutil import jsonable
 from services.money import format_crypto
 from services.notify import Notifier
 from services.payments.base import PaymentStatus
-
-# Still waiting for its money: a partial transfer is news for the buyer, not the operator.
-OPEN = (OrderStatus.NEW, OrderStatus.AWAITING_PAYMENT)
 
 
 @dataclass(frozen=True)
@@ -87,6 +85,7 @@ async def partial(
     of the write that recorded it."""
     # The report's amount: the confirm path checked it equals what the order stored.
     view = PartialView(status.crypto_amount, status.received_amount, order.asset, order.expires_at)
+    # Still waiting for its money: a partial transfer is news for the buyer, not the operator.
     is_open = current in OPEN
     repo.add_event(
         session,

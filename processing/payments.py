@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Order, OrderStatus, Payment
+from db.status import CLOSED_UNPAID, OPEN, SETTLED, UNPAID
 from processing import payment_notices as notices
 from services.clock import utcnow
 from services.errors import ExternalError, OrderNotFound
@@ -28,25 +29,11 @@ from services.jsonutil import jsonable
 from services.logcontext import annotate, bind
 from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
+from services.orders import owned
 from services.payments.base import PaymentProvider, PaymentStatus
 
 log = logging.getLogger(__name__)
 
-# A full payment after expiry or cancellation is still honoured (SPEC §3).
-PAYABLE = (
-    OrderStatus.NEW,
-    OrderStatus.AWAITING_PAYMENT,
-    OrderStatus.EXPIRED,
-    OrderStatus.CANCELLED,
-)
-# The payment already counted: a later "not paid" report is stale noise.
-SETTLED = (
-    OrderStatus.PAID,
-    OrderStatus.FULFILLING,
-    OrderStatus.AWAITING_FUNDS,
-    OrderStatus.DELIVERED,
-    OrderStatus.FAILED,
-)
 LATE_POLL_WINDOW = timedelta(hours=24)
 STALE_NEW_ORDER = timedelta(minutes=10)
 
@@ -202,9 +189,9 @@ class AITokenPaymentProcessor:
 
             over = grew and received is not None and received > status.crypto_amount
             # A closed order paid for the first time is told once below, with the total.
-            if over and not (first_paid and current not in PAYABLE):
+            if over and not (first_paid and current not in UNPAID):
                 await notices.overpaid(session, self.notifier, order, status, source=source)
-            if current not in PAYABLE:
+            if current not in UNPAID:
                 if first_paid:
                     await notices.paid_after_close(
                         session, self.notifier, order, status, current, source=source
@@ -215,7 +202,7 @@ class AITokenPaymentProcessor:
             previous = await repo.transition(
                 session,
                 order.id,
-                PAYABLE,
+                UNPAID,
                 OrderStatus.PAID,
                 actor=source,
                 kind="payment_confirmed",
@@ -241,7 +228,7 @@ class AITokenPaymentProcessor:
                     )
                     return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
                 return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
-            late = previous in (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
+            late = previous in CLOSED_UNPAID
             await self.notifier.user(
                 session,
                 order.user_id,
@@ -276,16 +263,14 @@ class AITokenPaymentProcessor:
         """The buyer's "Check payment": ask the provider (at most once per order per
         ``check_every``, however many taps arrive at once), then report what we know."""
         async with self.sessions() as session, session.begin():
-            order = await session.get(Order, order_id)
-            if order is None or order.user_id != user_id:
-                raise OrderNotFound()
+            order = await owned(session, Order, order_id, user_id, OrderNotFound)
             ref = (order.provider, order.provider_payment_id, order.provider_hash)
             now = utcnow()
             # A compare-and-set on the row, not a lock in memory: concurrent taps and
             # other replicas see the same claim; the losers answer from the database.
             ask = (
                 all(ref)
-                and OrderStatus(order.status) in PAYABLE
+                and OrderStatus(order.status) in UNPAID
                 and await _cas(
                     session,
                     Order,
@@ -297,15 +282,15 @@ class AITokenPaymentProcessor:
         if ask:  # committed above: no transaction is held across the call
             await self._poll_one(ref[0], ref[1], ref[2], source=f"check:user:{user_id}")
         async with self.sessions() as session:
-            order = await session.get(Order, order_id)
-            assert order is not None
+            current = await session.get(Order, order_id)
+            assert current is not None
             received = (
                 await session.execute(
                     select(Payment.received_amount).where(Payment.order_id == order_id)
                 )
             ).scalar()
-            status = OrderStatus(order.status)
-            partial = notices.partial_view(order, received) if status in notices.OPEN else None
+            status = OrderStatus(current.status)
+            partial = notices.partial_view(current, received) if status in OPEN else None
             return PaymentCheck(status, partial)
 
     async def poll_open(self) -> int:

@@ -21,28 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import MAX_ROW_ID, Order, OrderEvent, OrderStatus, Payment, User
+from db.status import CLOSED_UNPAID, REFUNDABLE, RETRYABLE, SETTLED
 from services.clock import utcnow
 
 ZERO = Decimal("0.00")
-
-# Paid and not given back: the crypto we keep (a failed order is still owed a delivery
-# or a refund, so it counts until the admin marks it refunded).
-EARNING = (
-    OrderStatus.PAID,
-    OrderStatus.FULFILLING,
-    OrderStatus.AWAITING_FUNDS,
-    OrderStatus.DELIVERED,
-    OrderStatus.FAILED,
-)
-# /retry puts these back to `paid` (a `paid` one may be stuck behind a long back-off).
-RETRYABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
-# /refund: money arrived and no credit was granted. Delivered orders carry credit on the
-# buyer's key (the buyer may have spent it); unpaid ones have nothing to give back. One of
-# these may still carry credit from a PATCH whose answer was lost: AdminOps.refund takes
-# it off the key, confirmed, before the refund is recorded.
-REFUNDABLE = (OrderStatus.FAILED, OrderStatus.AWAITING_FUNDS, OrderStatus.PAID)
-# ...and these only when part of a payment arrived (partial_seen).
-REFUNDABLE_IF_PARTIAL = (OrderStatus.EXPIRED, OrderStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -142,7 +124,7 @@ class AdminLedger:
                 select(Order.total_usd, Order.base_usd, Order.markup_usd).where(
                     Order.paid_at >= period.start,
                     Order.paid_at < period.end,
-                    Order.status.in_([s.value for s in EARNING]),
+                    Order.status.in_([s.value for s in SETTLED]),
                 )
             )
             revenue = base = markup = ZERO
@@ -242,7 +224,7 @@ class AdminLedger:
             if order is None:
                 return ActionResult(ActionOutcome.NOT_FOUND)
             status = OrderStatus(order.status)
-            if status in REFUNDABLE or (status in REFUNDABLE_IF_PARTIAL and order.partial_seen):
+            if status in REFUNDABLE or (status in CLOSED_UNPAID and order.partial_seen):
                 return ActionResult(ActionOutcome.DONE, order.status, order.user_id)
             return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
 
@@ -286,7 +268,7 @@ class AdminLedger:
                 previous = await repo.transition(
                     session,
                     order_id,
-                    REFUNDABLE_IF_PARTIAL,
+                    CLOSED_UNPAID,  # only when part of a payment arrived
                     OrderStatus.REFUNDED,
                     where={"partial_seen": True},
                     **common,

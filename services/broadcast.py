@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Broadcast, OutboxMessage, User
+from db.status import BroadcastStatus, OutboxStatus
 from services.clock import utcnow
 
 # Rows per INSERT: well under SQLite's bound on parameters in one statement.
 INSERT_CHUNK = 500
-UNREACHABLE_STATUSES = ("dropped", "failed")
+UNREACHABLE_STATUSES = (OutboxStatus.DROPPED, OutboxStatus.FAILED)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ class BroadcastService:
     async def draft(self, admin_id: int, text: str) -> Draft:
         """Record the message (nothing is sent yet) and count who would get it."""
         async with self.sessions() as session, session.begin():
-            row = Broadcast(text=text, created_by=admin_id, status="draft", created_at=utcnow())
+            row = Broadcast(
+                text=text,
+                created_by=admin_id,
+                status=BroadcastStatus.DRAFT.value,
+                created_at=utcnow(),
+            )
             session.add(row)
             await session.flush()
             count = await _reachable_count(session)
@@ -77,9 +83,11 @@ class BroadcastService:
         async with self.sessions() as session, session.begin():
             claimed = await session.execute(
                 update(Broadcast)
-                .where(Broadcast.id == broadcast_id, Broadcast.status == "draft")
+                .where(
+                    Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.DRAFT.value
+                )
                 .values(
-                    status="queued",
+                    status=BroadcastStatus.QUEUED.value,
                     queued_at=now,
                     progress_chat_id=chat_id,
                     progress_message_id=message_id,
@@ -106,7 +114,7 @@ class BroadcastService:
                     "dedupe_key": f"broadcast:{broadcast_id}:{user_id}",
                     "broadcast_id": broadcast_id,
                     "category": "broadcast",
-                    "status": "pending",
+                    "status": OutboxStatus.PENDING.value,
                     "attempts": 0,
                     "next_attempt_at": now,
                     "created_at": now,
@@ -135,8 +143,10 @@ class BroadcastService:
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Broadcast)
-                .where(Broadcast.id == broadcast_id, Broadcast.status == "draft")
-                .values(status="cancelled", finished_at=utcnow())
+                .where(
+                    Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.DRAFT.value
+                )
+                .values(status=BroadcastStatus.CANCELLED.value, finished_at=utcnow())
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -146,7 +156,9 @@ class BroadcastService:
             broadcasts = list(
                 (
                     await session.execute(
-                        select(Broadcast).where(Broadcast.status == "queued").order_by(Broadcast.id)
+                        select(Broadcast)
+                        .where(Broadcast.status == BroadcastStatus.QUEUED.value)
+                        .order_by(Broadcast.id)
                     )
                 ).scalars()
             )
@@ -164,9 +176,9 @@ class BroadcastService:
                     Progress(
                         id=b.id,
                         total=b.total,
-                        sent=counts.get("sent", 0),
+                        sent=counts.get(OutboxStatus.SENT, 0),
                         unreachable=sum(counts.get(s, 0) for s in UNREACHABLE_STATUSES),
-                        pending=counts.get("pending", 0),
+                        pending=counts.get(OutboxStatus.PENDING, 0),
                         chat_id=b.progress_chat_id,
                         message_id=b.progress_message_id,
                         language=await repo.user_language(session, b.created_by),
@@ -180,8 +192,10 @@ class BroadcastService:
         async with self.sessions() as session, session.begin():
             result = await session.execute(
                 update(Broadcast)
-                .where(Broadcast.id == broadcast_id, Broadcast.status == "queued")
-                .values(status="done", finished_at=utcnow())
+                .where(
+                    Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.QUEUED.value
+                )
+                .values(status=BroadcastStatus.DONE.value, finished_at=utcnow())
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -10,13 +10,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
-from db.models import Order, OrderStatus, Payment, Quote, User
+from db.models import Order, OrderStatus, Payment, Quote
+from db.status import OPEN
 from services.clock import utcnow
 from services.errors import (
     CurrencyUnavailable,
@@ -35,8 +36,27 @@ from services.notify import Notifier
 from services.openrouter import ModelCatalog
 from services.payments.base import ASSETS, Invoice, PaymentProvider
 from services.pricing import AITokenService, ModelPrice, Package
+from services.users import UserView
 
 log = logging.getLogger(__name__)
+
+_Owned = TypeVar("_Owned", Order, Quote)
+
+
+async def owned(
+    session: AsyncSession,
+    model: type[_Owned],
+    row_id: int,
+    user_id: int,
+    missing: type[DomainError],
+) -> _Owned:
+    """The row, if it is this buyer's; else ``missing`` is raised. Callback data carries
+    ids, so an id is trusted only once its owner is checked; a foreign row and an unknown
+    one get the same answer (we don't say which)."""
+    row = await session.get(model, row_id)
+    if row is None or row.user_id != user_id:
+        raise missing()
+    return row
 
 
 @dataclass(frozen=True)
@@ -46,13 +66,6 @@ class _OpenedOrder:
     order_id: int
     total_usd: Decimal
     asset: str
-
-
-@dataclass(frozen=True)
-class UserView:
-    id: int
-    language: str
-    model: str | None
 
 
 @dataclass(frozen=True)
@@ -104,16 +117,11 @@ class OrderView:
         )
 
 
-# A confirmed quote's order can be shown again while it waits for the invoice or payment.
-_RESHOWABLE = (OrderStatus.NEW.value, OrderStatus.AWAITING_PAYMENT.value)
-
-
 class PaymentGateway:
     """The configured providers in fallback order (SPEC §3)."""
 
     def __init__(self, providers: list[PaymentProvider]) -> None:
         self.providers = providers
-        self.by_name = {p.name: p for p in providers}
 
     async def assets(self) -> list[str]:
         offered: set[str] = set()
@@ -174,64 +182,6 @@ class OrderService:
         self.default_model = default_model
         self.quote_ttl = quote_ttl
         self.notifier = notifier
-
-    # ------------------------------------------------------------------ users
-    async def ensure_user(
-        self,
-        user_id: int,
-        *,
-        language: str,
-        first_name: str | None,
-        username: str | None,
-        writing: bool = True,
-    ) -> UserView:
-        """The buyer's row, created on first sight; a returning buyer is reachable again.
-
-        ``writing`` False: the update is not the buyer talking to us (Telegram telling us
-        they blocked or unblocked the bot), so it says nothing about reachability."""
-        async with self.sessions() as session:
-            async with session.begin():
-                user = await session.get(User, user_id)
-                if user is not None:
-                    if writing and not user.reachable:
-                        # A buyer who writes to us again has unblocked the bot.
-                        user.reachable = True
-                    return UserView(user.id, user.language, user.model)
-            try:
-                async with session.begin():
-                    session.add(
-                        User(
-                            id=user_id,
-                            language=language,
-                            first_name=first_name,
-                            username=username,
-                            reachable=True,
-                            created_at=utcnow(),
-                        )
-                    )
-            except IntegrityError:
-                # Two first updates of one buyer at once: the other insert won.
-                pass
-            return UserView(user_id, language, None)
-
-    async def set_reachable(self, user_id: int, reachable: bool) -> None:
-        """The buyer blocked the bot (False) or unblocked it (True), as Telegram told us."""
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(User).where(User.id == user_id).values(reachable=reachable)
-            )
-
-    async def set_language(self, user_id: int, language: str) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(update(User).where(User.id == user_id).values(language=language))
-
-    async def set_model(self, user_id: int, model_id: str) -> ModelPrice:
-        model = await self.catalog.get(model_id)
-        if model is None or self.pricing.bounds(model) is None:
-            raise ModelUnavailable(model=model_id)
-        async with self.sessions() as session, session.begin():
-            await session.execute(update(User).where(User.id == user_id).values(model=model_id))
-        return model
 
     # --------------------------------------------------------------- browsing
     async def current_model(self, user: UserView) -> ModelPrice:
@@ -303,12 +253,10 @@ class OrderService:
         """Raise QuoteUnavailable unless the quote is the user's and still confirmable
         (current and unused, or already confirmed into an order that awaits payment)."""
         async with self.sessions() as session:
-            quote = await session.get(Quote, quote_id)
-            if quote is None or quote.user_id != user_id:
-                raise QuoteUnavailable()
+            quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)
             if quote.order_id is not None:
                 order = await session.get(Order, quote.order_id)
-                if order is None or order.status not in _RESHOWABLE:
+                if order is None or order.status not in OPEN:
                     raise QuoteUnavailable()
                 return
         if quote.expires_at <= utcnow():
@@ -343,12 +291,10 @@ class OrderService:
         Returns the existing order instead when the quote was confirmed before."""
         now = utcnow()
         async with self.sessions() as session, session.begin():
-            quote = await session.get(Quote, quote_id)
-            if quote is None or quote.user_id != user_id:
-                raise QuoteUnavailable()
+            quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)
             if quote.order_id is not None:
                 existing = await session.get(Order, quote.order_id)
-                if existing is None or existing.status not in _RESHOWABLE:
+                if existing is None or existing.status not in OPEN:
                     raise QuoteUnavailable()
                 return OrderView.of(existing)
             if quote.expires_at <= now:
@@ -481,18 +427,9 @@ class OrderService:
             return OrderView.of(order_row)
 
     # ----------------------------------------------------------------- orders
-    async def order_for_user(self, user_id: int, order_id: int) -> OrderView:
-        async with self.sessions() as session:
-            order = await session.get(Order, order_id)
-            if order is None or order.user_id != user_id:
-                raise OrderNotFound()
-            return OrderView.of(order)
-
     async def cancel_order(self, user_id: int, order_id: int) -> OrderView:
         async with self.sessions() as session, session.begin():
-            order = await session.get(Order, order_id)
-            if order is None or order.user_id != user_id:
-                raise OrderNotFound()
+            order = await owned(session, Order, order_id, user_id, OrderNotFound)
             changed = await repo.transition(
                 session,
                 order_id,

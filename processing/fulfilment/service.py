@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import Order, OrderStatus
+from db.status import CLAIMABLE
 from processing.fulfilment.keys import KEY_NAME_PREFIX, KeyCreation
 from processing.fulfilment.leasing import LeaseLost
 from processing.fulfilment.queue import (
@@ -33,8 +34,6 @@ from services.openrouter import OpenRouterClient
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
-
-CLAIMABLE = (OrderStatus.PAID, OrderStatus.AWAITING_FUNDS, OrderStatus.FULFILLING)
 
 
 class Fulfilment(AttemptRecords, KeyCreation):

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db import repo
 from db.models import OutboxMessage, User
+from db.status import OutboxStatus
 from locales import translator
 from processing.outbox.delivery import Delivery
 from processing.outbox.limits import RateLimiter
@@ -79,7 +80,7 @@ class SendOutcomes(Delivery):
             ValueError,
         ) as exc:
             # Permanent: retrying the same request cannot succeed. Recorded for the operator.
-            await self._finish(row, "failed", error=f"{type(exc).__name__}: {exc}")
+            await self._finish(row, OutboxStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             log.error("outbox_bad_request id=%s chat=%s error=%s", row.id, row.chat_id, exc)
             return False
         except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
@@ -89,18 +90,20 @@ class SendOutcomes(Delivery):
             log.warning("outbox_retry id=%s chat=%s error=%s", row.id, row.chat_id, error)
             await self._retry(row, delay=min(300.0, 2.0**row.attempts), error=error)
             return False
-        await self._finish(row, "sent")
+        await self._finish(row, OutboxStatus.SENT)
         self.sent_count += 1
         return True
 
-    async def _finish(self, row: OutboxMessage, status: str, error: str | None = None) -> None:
+    async def _finish(
+        self, row: OutboxMessage, status: OutboxStatus, error: str | None = None
+    ) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == row.id)
                 .values(
-                    status=status,
-                    sent_at=utcnow() if status == "sent" else None,
+                    status=status.value,
+                    sent_at=utcnow() if status == OutboxStatus.SENT else None,
                     lease_until=None,
                     attempts=OutboxMessage.attempts + 1,
                     last_error=error[:1000] if error else None,
@@ -112,7 +115,7 @@ class SendOutcomes(Delivery):
     ) -> None:
         attempts = row.attempts + (1 if count else 0)
         if attempts >= MAX_ATTEMPTS:
-            await self._finish(row, "failed", error=f"gave up: {error}")
+            await self._finish(row, OutboxStatus.FAILED, error=f"gave up: {error}")
             log.error("outbox_gave_up id=%s chat=%s error=%s", row.id, row.chat_id, error)
             return
         async with self.sessions() as session, session.begin():
@@ -133,7 +136,10 @@ class SendOutcomes(Delivery):
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == "pending")
+                .where(
+                    OutboxMessage.id.in_(row_ids),
+                    OutboxMessage.status == OutboxStatus.PENDING.value,
+                )
                 .values(lease_until=None)
             )
 
@@ -148,7 +154,10 @@ class SendOutcomes(Delivery):
                 was_admin = await admin_chat.record_move(session, old, new)
                 await session.execute(
                     update(OutboxMessage)
-                    .where(OutboxMessage.chat_id == old, OutboxMessage.status == "pending")
+                    .where(
+                        OutboxMessage.chat_id == old,
+                        OutboxMessage.status == OutboxStatus.PENDING.value,
+                    )
                     .values(
                         chat_id=new,
                         lease_until=None,
@@ -179,7 +188,12 @@ class SendOutcomes(Delivery):
             await session.execute(update(User).where(User.id == chat_id).values(reachable=False))
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.chat_id == chat_id, OutboxMessage.status == "pending")
-                .values(status="dropped", lease_until=None, last_error=error[:1000])
+                .where(
+                    OutboxMessage.chat_id == chat_id,
+                    OutboxMessage.status == OutboxStatus.PENDING.value,
+                )
+                .values(
+                    status=OutboxStatus.DROPPED.value, lease_until=None, last_error=error[:1000]
+                )
             )
         log.warning("chat_unreachable chat=%s error=%s", chat_id, error)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import repo
 from db.models import OutboxMessage
+from db.status import OutboxStatus
 from processing.outbox.coalesce import COALESCE_MAX, chat_bundles, joined_row
 from processing.outbox.limits import RateLimiter, SendLimits
 from processing.outbox.outcomes import SendOutcomes
@@ -143,7 +144,7 @@ class OutboxSender(SendOutcomes):
         ok = await self._send_one(joined)
         if ok:
             for row in rows[1:]:
-                await self._finish(row, "sent")
+                await self._finish(row, OutboxStatus.SENT)
             self.sent_count += len(rows) - 1
         else:
             # _send_one recorded the outcome on the first row; the others were only
@@ -169,7 +170,7 @@ class OutboxSender(SendOutcomes):
         clock = time.monotonic()
         waiting = self._limiter.waiting_chats(clock)
         async with self.sessions() as session, session.begin():
-            query = select(OutboxMessage).where(OutboxMessage.status == "pending")
+            query = select(OutboxMessage).where(OutboxMessage.status == OutboxStatus.PENDING.value)
             if waiting:
                 # Whole chats are left out, so no later row of theirs can overtake.
                 query = query.where(OutboxMessage.chat_id.not_in(waiting))
@@ -210,7 +211,7 @@ class OutboxSender(SendOutcomes):
                         update(OutboxMessage)
                         .where(
                             OutboxMessage.id.in_([row.id for row in chosen]),
-                            OutboxMessage.status == "pending",
+                            OutboxMessage.status == OutboxStatus.PENDING.value,
                             repo.lease_free(OutboxMessage.lease_until, now),
                         )
                         .values(lease_until=now + CLAIM_LEASE)

@@ -125,10 +125,6 @@ def _ms_to_datetime(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
-def asset_of(code: str) -> str:
-    return "USDT" if code.startswith("USDT") else code
-
-
 class KryptoExpressProvider:
     name = NAME
 
