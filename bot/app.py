@@ -26,9 +26,9 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.callbacks import AdminFundsCb
 from bot.middlewares import LateCallbackAnswers, LogContextMiddleware, UserContextMiddleware
 from bot.settings import ConfigError, Settings
+from core.callbacks import AdminFundsCb
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers

@@ -1,14 +1,14 @@
 """Inline keyboards. Labels come from the locale (as plain text: Telegram shows button
-labels verbatim); data from bot.callbacks."""
+labels verbatim); data from core.callbacks."""
 
 from __future__ import annotations
 
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.callbacks import AssetCb, LangCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.callbacks import AssetCb, LangCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.money import format_tokens, format_usd
 from locales import Translator
-from services.money import format_tokens, format_usd
 from services.pricing import ModelPrice, Package
 
 

@@ -12,8 +12,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
 from db.models import ApiKey, Order, OrderEvent, OrderStatus, OutboxMessage, User
-from services.clock import utcnow
 
 
 async def transition(

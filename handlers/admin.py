@@ -14,9 +14,9 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
-from bot.callbacks import AdminFundsCb, RowId
 from bot.filters import AdminPlace, ForgedData, IsAdmin
 from bot.settings import Settings
+from core.callbacks import AdminFundsCb, RowId
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
 from locales import Translator

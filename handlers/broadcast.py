@@ -11,8 +11,8 @@ from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.callbacks import RowId
 from bot.filters import AdminPlace, ForgedData, IsAdmin
+from core.callbacks import RowId
 from handlers.spec import RouterSpec
 from handlers.util import answer_long, show
 from locales import Markup, Translator, escape

@@ -15,14 +15,14 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup, Message
 
 from bot import keyboards, screens
-from bot.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
 from bot.settings import Settings
+from core.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.money import format_tokens
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator
 from processing.payments import AITokenPaymentProcessor
 from services.errors import InvalidAmount, ModelUnavailable
-from services.money import format_tokens
 from services.orders import OrderService, OrderView, UserView
 from services.pricing import parse_token_count
 

@@ -7,7 +7,7 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
-from bot.callbacks import LangCb, MenuCb
+from core.callbacks import LangCb, MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import LANGUAGES, Translator, translator

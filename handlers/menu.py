@@ -8,7 +8,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator

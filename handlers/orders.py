@@ -7,7 +7,7 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards, screens
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator

@@ -9,7 +9,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import show
 from locales import Translator

@@ -34,14 +34,14 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
+from core.clock import utcnow
+from core.money import ceil_cents, format_tokens, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderEvent, OrderStatus, User
 from processing.funds import Funds, SharedFunds
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.logcontext import bind
-from services.money import ceil_cents, format_tokens, format_usd
 from services.notify import API_KEY_SLOT, Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
 from services.quota import last_known
@@ -50,7 +50,7 @@ from services.vault import KeyVault
 log = logging.getLogger(__name__)
 
 KEY_NAME_PREFIX = "tg-"
-# Buttons under a delivery: buy more, see the quota (callback data of bot.callbacks.MenuCb).
+# Buttons under a delivery: buy more, see the quota (callback data of core.callbacks.MenuCb).
 AFTER_DELIVERY = [
     [
         ("menu.ai_tokens", MenuCb(action="tokens").pack()),

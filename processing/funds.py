@@ -30,8 +30,8 @@ from decimal import Decimal
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db.models import FundsLedger
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
 

@@ -63,11 +63,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, User
 from locales import translator
 from services.broadcast import BroadcastService, Progress
-from services.clock import utcnow
 from services.message_text import split_html, telegram_length
 from services.notify import API_KEY_SLOT, Notifier
 from services.vault import KeyVault

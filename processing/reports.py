@@ -22,6 +22,8 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.money import format_crypto, format_tokens, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage
 from locales import Translator, translator
@@ -37,9 +39,7 @@ from services.admin import (
     Stats,
     days_period,
 )
-from services.clock import utcnow
 from services.errors import ExternalError, OpenRouterError
-from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
 from services.openrouter import OpenRouterClient
 from services.payments.base import PaymentProvider

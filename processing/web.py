@@ -13,9 +13,9 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.jsonutil import loads
 from processing.payments import AITokenPaymentProcessor, Outcome
 from services.errors import ExternalError
-from services.jsonutil import loads
 from services.notify import Notifier
 from services.payments.base import PaymentProvider
 from services.signatures import verify_kryptoexpress

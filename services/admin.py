@@ -18,9 +18,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.limits import MAX_ROW_ID
 from db import repo
-from db.models import MAX_ROW_ID, Order, OrderEvent, OrderStatus, Payment, User
-from services.clock import utcnow
+from db.models import Order, OrderEvent, OrderStatus, Payment, User
 
 ZERO = Decimal("0.00")
 

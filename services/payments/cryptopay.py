@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
+from core.jsonutil import loads, plain_number
+from core.money import CENT, to_decimal
 from services.errors import CallbackRejected, CryptoPayError
 from services.http import JsonHttp
-from services.jsonutil import loads, plain_number
-from services.money import CENT, to_decimal
 from services.payments.cryptopay_types import (
     MAINNET_URL,
     MAX_COUNT,

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
+from core.money import quantize_crypto, to_decimal
 from services.errors import CurrencyUnavailable, ProviderError
 from services.http import JsonHttp
-from services.money import quantize_crypto, to_decimal
 from services.payments.base import ASSETS, Invoice, PaymentStatus
 
 NAME = "kryptoexpress"

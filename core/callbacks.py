@@ -12,7 +12,7 @@ from typing import Annotated
 from aiogram.filters.callback_data import CallbackData
 from pydantic import Field
 
-from db.models import MAX_BIGINT, MAX_ROW_ID
+from core.limits import MAX_BIGINT, MAX_ROW_ID
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 TokenCount = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
