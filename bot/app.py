@@ -28,11 +28,10 @@ from aiohttp import web
 
 from bot.middlewares import LateCallbackAnswers, LogContextMiddleware, UserContextMiddleware
 from bot.settings import ConfigError, Settings
-from core.callbacks import AdminFundsCb
+from core.callbacks import AdminFundsCb, AdminOrderCb
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
-from handlers.admin import AdminOrderCb
 from locales import LANGUAGES, translator
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path

@@ -49,6 +49,21 @@ class LangCb(CallbackData, prefix="l"):
     code: str
 
 
+class SettingsCb(CallbackData, prefix="st"):
+    toggle: str  # a Preference value, validated by the filter in handlers/settings.py
+
+
+class AdminOrderCb(CallbackData, prefix="ao"):
+    """The "🔎 Order #N" button under admin alerts."""
+
+    order_id: RowId
+
+
+class BroadcastCb(CallbackData, prefix="bc"):
+    action: str  # send | cancel
+    broadcast_id: RowId
+
+
 class AdminFundsCb(CallbackData, prefix="af"):
     """`🔄 Re-check balance` under funds alerts; admins only (handlers/admin.py)."""
 
