@@ -10,7 +10,7 @@ from aiogram.types import CallbackQuery, Message
 from bot import keyboards
 from core.callbacks import MenuCb, SettingsCb
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply, show
 from locales import Translator
 from services.orders import UserView
 from services.preferences import Preference, PreferencesService
@@ -19,19 +19,15 @@ router = RouterSpec(__name__)
 
 
 @router.message(Command("settings"))
-async def settings_command(
-    message: Message, t: Translator, user: UserView, preferences: PreferencesService
-) -> None:
-    prefs = await preferences.get(user.id)
-    await message.answer(t("settings.title"), reply_markup=keyboards.settings(t, prefs))
-
-
 @router.callback_query(MenuCb.filter(F.action == "settings"))
-async def settings_button(
-    callback: CallbackQuery, t: Translator, user: UserView, preferences: PreferencesService
+async def settings_screen(
+    event: Message | CallbackQuery,
+    t: Translator,
+    user: UserView,
+    preferences: PreferencesService,
 ) -> None:
     prefs = await preferences.get(user.id)
-    await show(callback, t("settings.title"), keyboards.settings(t, prefs))
+    await reply(event, t("settings.title"), keyboards.settings(t, prefs))
 
 
 @router.callback_query(SettingsCb.filter(F.toggle.in_([p.value for p in Preference])))
