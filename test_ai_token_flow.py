@@ -12,8 +12,8 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from core.clock import utcnow
 from processing.scheduler import JobIntervals
-from services.clock import utcnow
 from tests.harness import IDLE, running_env
 
 BUYER = 424242

@@ -23,11 +23,11 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from bench.common import machine, print_json, save
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, User
 from processing.outbox import SendLimits
 from sandbox.runner import ADMIN_ID
-from services.clock import utcnow
 
 FIRST_BUYER = 9_000_000
 TELEGRAM_PER_SECOND = 30

@@ -29,13 +29,13 @@ from typing import Any
 from sqlalchemy import insert, text
 
 from bench.common import PG_BENCH_URL, machine, pg_available, print_json, save
+from core.clock import utcnow
 from db.engine import create_engine
 from db.migrate import upgrade_to_head
 from db.models import ApiKey, Order, User
 from processing.fulfilment import key_name
 from sandbox.openrouter import Key
 from sandbox.runner import start_sandbox, temp_sqlite_url
-from services.clock import utcnow
 from services.vault import KeyVault
 
 FIRST_BUYER = 10_000_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
+from core.money import format_crypto, format_tokens, format_usd
 from db.models import OrderStatus
 from db.status import SETTLED
 from locales import Translator
@@ -17,7 +18,6 @@ from processing.admin_reports import balance_text, stats_text
 from processing.fulfilment import FundsRecheck
 from processing.payment_notices import partial_view
 from services.admin_ledger import OrderDossier, Stats
-from services.money import format_crypto, format_tokens, format_usd
 
 
 def render_stats(t: Translator, stats: Stats, timezone: str) -> str:

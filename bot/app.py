@@ -26,13 +26,12 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.callbacks import AdminFundsCb
 from bot.middlewares import LateCallbackAnswers, LogContextMiddleware, UserContextMiddleware
 from bot.settings import ConfigError, Settings
+from core.callbacks import AdminFundsCb, AdminOrderCb
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
-from handlers.admin import AdminOrderCb
 from locales import LANGUAGES, translator
 from processing.admin_ops import AdminOps
 from processing.admin_reports import AdminReports

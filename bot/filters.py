@@ -63,3 +63,7 @@ class ForgedData(BaseFilter):
         except (TypeError, ValueError):  # pydantic's ValidationError is a ValueError
             return True
         return False
+
+
+# An admin's command or press, in a place admins use: the one check every admin route takes.
+ADMIN_ONLY = (IsAdmin(), AdminPlace())

@@ -1,14 +1,25 @@
 """Inline keyboards. Labels come from the locale (as plain text: Telegram shows button
-labels verbatim); data from bot.callbacks."""
+labels verbatim); data from core.callbacks."""
 
 from __future__ import annotations
 
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from bot.callbacks import AssetCb, LangCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.callbacks import (
+    AssetCb,
+    BroadcastCb,
+    LangCb,
+    MenuCb,
+    ModelCb,
+    OrderCb,
+    PackageCb,
+    QuoteCb,
+    SettingsCb,
+)
+from core.money import format_tokens, format_usd
 from locales import Translator
-from services.money import format_tokens, format_usd
+from services.preferences import Preference, Preferences
 from services.pricing import ModelPrice, Package
 
 
@@ -94,3 +105,34 @@ def back_to_menu(t: Translator) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     kb.button(text=t("common.menu"), callback_data=MenuCb(action="home"))
     return kb.as_markup()
+
+
+def settings(t: Translator, prefs: Preferences) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for preference in Preference:
+        mark = t.plain("settings.on" if prefs.enabled(preference) else "settings.off")
+        kb.button(
+            text=t.plain(f"settings.{preference.value}", mark=mark),
+            callback_data=SettingsCb(toggle=preference.value),
+        )
+    kb.button(text=t("common.menu"), callback_data=MenuCb(action="home"))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def broadcast_confirm(t: Translator, broadcast_id: int, recipients: int) -> InlineKeyboardMarkup:
+    """Under an admin's broadcast preview: send to ``recipients`` buyers, or cancel."""
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                InlineKeyboardButton(
+                    text=t("broadcast.send_button", count=recipients),
+                    callback_data=BroadcastCb(action="send", broadcast_id=broadcast_id).pack(),
+                ),
+                InlineKeyboardButton(
+                    text=t("broadcast.cancel_button"),
+                    callback_data=BroadcastCb(action="cancel", broadcast_id=broadcast_id).pack(),
+                ),
+            ]
+        ]
+    )

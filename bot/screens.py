@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from core.clock import format_utc, utcnow
+from core.money import format_crypto, format_tokens, format_usd
 from locales import Markup, Translator
 from processing.payments import PaymentCheck
-from services.clock import format_utc, utcnow
-from services.money import format_crypto, format_tokens, format_usd
 from services.orders import OrderView, QuoteView
 from services.pricing import Bounds, ModelPrice
 from services.quota import QuotaView, progress_bar

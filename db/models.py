@@ -35,14 +35,6 @@ NAMING = {
 }
 
 
-# The largest value an Integer id column holds (PostgreSQL int4). Ids that come from
-# outside (admin arguments, callback data) are checked against it first: a bigger one
-# can name no row, and sending it to the database is an error, not "not found".
-MAX_ROW_ID = 2**31 - 1
-# The same for BigInteger columns (token counts).
-MAX_BIGINT = 2**63 - 1
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 

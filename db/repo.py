@@ -12,9 +12,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import utcnow
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage, User
 from db.status import OrderStatus, OutboxStatus, check_transition
-from services.clock import utcnow
 
 
 async def transition(

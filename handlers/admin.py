@@ -11,7 +11,6 @@ import re
 
 from aiogram import F
 from aiogram.filters import Command, CommandObject
-from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, Message
 
 from bot.admin_screens import (
@@ -21,9 +20,9 @@ from bot.admin_screens import (
     render_reconciliation,
     render_stats,
 )
-from bot.callbacks import AdminFundsCb, RowId
-from bot.filters import AdminPlace, ForgedData, IsAdmin
+from bot.filters import ADMIN_ONLY, ForgedData
 from bot.settings import Settings
+from core.callbacks import AdminFundsCb, AdminOrderCb
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
 from locales import Translator
@@ -35,15 +34,6 @@ from services.errors import ExternalError
 router = RouterSpec(__name__, private_only=False)
 
 PERIODS = {"today": 1, "7d": 7, "30d": 30}
-
-
-class AdminOrderCb(CallbackData, prefix="ao"):
-    """The "🔎 Order #N" button under admin alerts."""
-
-    order_id: RowId
-
-
-ADMIN = (IsAdmin(), AdminPlace())
 
 
 # ASCII digits only: "²".isdigit() is True, but it is no order number (int() refuses it).
@@ -66,7 +56,7 @@ async def group_upgraded(message: Message, outbox: OutboxSender) -> None:
         await outbox.follow_migration(message.chat.id, message.migrate_to_chat_id)
 
 
-@router.message(Command("stats"), *ADMIN)
+@router.message(Command("stats"), *ADMIN_ONLY)
 async def stats(
     message: Message, command: CommandObject, t: Translator, admin: AdminOps, settings: Settings
 ) -> None:
@@ -85,7 +75,7 @@ async def _order_text(t: Translator, admin: AdminOps, order_id: int, tz: str) ->
     return render_order(t, dossier, tz)
 
 
-@router.message(Command("order"), *ADMIN)
+@router.message(Command("order"), *ADMIN_ONLY)
 async def order(
     message: Message, command: CommandObject, t: Translator, admin: AdminOps, settings: Settings
 ) -> None:
@@ -96,7 +86,7 @@ async def order(
     await answer_long(message, await _order_text(t, admin, order_id, settings.timezone))
 
 
-@router.callback_query(AdminOrderCb.filter(), *ADMIN)
+@router.callback_query(AdminOrderCb.filter(), *ADMIN_ONLY)
 async def order_button(
     callback: CallbackQuery,
     callback_data: AdminOrderCb,
@@ -122,7 +112,7 @@ async def order_button_forged(callback: CallbackQuery, t: Translator) -> None:
     await callback.answer(t("common.stale_button"), show_alert=True)
 
 
-@router.callback_query(AdminFundsCb.filter(F.action == "recheck"), *ADMIN)
+@router.callback_query(AdminFundsCb.filter(F.action == "recheck"), *ADMIN_ONLY)
 async def recheck_funds(callback: CallbackQuery, t: Translator, admin: AdminOps) -> None:
     # Answered first: the re-check lists every key and may deliver several orders,
     # longer than Telegram keeps the button's spinner waiting.
@@ -140,7 +130,7 @@ async def recheck_funds_not_admin(callback: CallbackQuery, t: Translator) -> Non
     await callback.answer(t("admin_cmd.recheck_admins_only"), show_alert=True)
 
 
-@router.message(Command("retry"), *ADMIN)
+@router.message(Command("retry"), *ADMIN_ONLY)
 async def retry(message: Message, command: CommandObject, t: Translator, admin: AdminOps) -> None:
     order_id = _order_id(command)
     if order_id is None or message.from_user is None:
@@ -160,7 +150,7 @@ async def retry(message: Message, command: CommandObject, t: Translator, admin: 
         )
 
 
-@router.message(Command("refund"), *ADMIN)
+@router.message(Command("refund"), *ADMIN_ONLY)
 async def refund(message: Message, command: CommandObject, t: Translator, admin: AdminOps) -> None:
     parts = (command.args or "").split(maxsplit=1)
     order_id = _order_id(command)
@@ -198,7 +188,7 @@ async def refund(message: Message, command: CommandObject, t: Translator, admin:
         )
 
 
-@router.message(Command("balance"), *ADMIN)
+@router.message(Command("balance"), *ADMIN_ONLY)
 async def balance(message: Message, t: Translator, admin: AdminOps) -> None:
     try:
         figures = await admin.balance()
@@ -208,7 +198,7 @@ async def balance(message: Message, t: Translator, admin: AdminOps) -> None:
     await answer_long(message, render_balance(t, figures))
 
 
-@router.message(Command("reconcile"), *ADMIN)
+@router.message(Command("reconcile"), *ADMIN_ONLY)
 async def reconcile(message: Message, t: Translator, admin: AdminOps) -> None:
     try:
         report = await admin.reconcile()

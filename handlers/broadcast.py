@@ -8,27 +8,21 @@ from __future__ import annotations
 
 from aiogram import F
 from aiogram.filters import Command, CommandObject
-from aiogram.filters.callback_data import CallbackData
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import CallbackQuery, Message
 
-from bot.callbacks import RowId
-from bot.filters import AdminPlace, ForgedData, IsAdmin
+from bot import keyboards
+from bot.filters import ADMIN_ONLY, ForgedData
+from core.callbacks import BroadcastCb
 from handlers.spec import RouterSpec
 from handlers.util import answer_long, show
 from locales import Markup, Translator, escape
 from services.broadcast import BroadcastService
 from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
-
-class BroadcastCb(CallbackData, prefix="bc"):
-    action: str  # send | cancel
-    broadcast_id: RowId
-
-
 router = RouterSpec(__name__, private_only=False)
 
 
-@router.message(Command("broadcast"), IsAdmin(), AdminPlace())
+@router.message(Command("broadcast"), *ADMIN_ONLY)
 async def broadcast_command(
     message: Message, command: CommandObject, t: Translator, broadcasts: BroadcastService
 ) -> None:
@@ -51,26 +45,13 @@ async def broadcast_command(
         await broadcasts.cancel(draft.id)
         await message.answer(t("broadcast.nobody"))
         return
-    markup = InlineKeyboardMarkup(
-        inline_keyboard=[
-            [
-                InlineKeyboardButton(
-                    text=t("broadcast.send_button", count=draft.recipients),
-                    callback_data=BroadcastCb(action="send", broadcast_id=draft.id).pack(),
-                ),
-                InlineKeyboardButton(
-                    text=t("broadcast.cancel_button"),
-                    callback_data=BroadcastCb(action="cancel", broadcast_id=draft.id).pack(),
-                ),
-            ]
-        ]
-    )
+    markup = keyboards.broadcast_confirm(t, draft.id, draft.recipients)
     await answer_long(
         message, t("broadcast.preview", text=Markup(draft.text), count=draft.recipients), markup
     )
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "send"), IsAdmin(), AdminPlace())
+@router.callback_query(BroadcastCb.filter(F.action == "send"), *ADMIN_ONLY)
 async def broadcast_send(
     callback: CallbackQuery,
     callback_data: BroadcastCb,
@@ -90,7 +71,7 @@ async def broadcast_send(
     await show(callback, t("broadcast.queued", id=callback_data.broadcast_id, total=total))
 
 
-@router.callback_query(BroadcastCb.filter(F.action == "cancel"), IsAdmin(), AdminPlace())
+@router.callback_query(BroadcastCb.filter(F.action == "cancel"), *ADMIN_ONLY)
 async def broadcast_cancel(
     callback: CallbackQuery,
     callback_data: BroadcastCb,

@@ -15,14 +15,14 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup, Message
 
 from bot import keyboards, screens
-from bot.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
 from bot.settings import Settings
+from core.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.money import format_tokens
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply, show
 from locales import Translator
 from processing.payments import AITokenPaymentProcessor
 from services.errors import InvalidAmount, ModelUnavailable
-from services.money import format_tokens
 from services.orders import OrderService, OrderView
 from services.pricing import parse_token_count
 from services.users import UserService, UserView
@@ -45,35 +45,27 @@ async def _packages_screen(
 
 
 @router.message(Command("buy"))
-async def buy_command(
-    message: Message,
-    command: CommandObject,
+@router.callback_query(MenuCb.filter(F.action == "tokens"))
+async def buy_screen(
+    event: Message | CallbackQuery,
     t: Translator,
     user: UserView,
     orders: OrderService,
     state: FSMContext,
+    command: CommandObject | None = None,  # only `/buy 5000` carries one
 ) -> None:
     await state.clear()
-    if command.args:
+    if isinstance(event, Message) and command is not None and command.args:
         try:
             tokens = parse_token_count(command.args)
             await orders.check_amount(user, tokens)
         except InvalidAmount as exc:
-            await message.answer(t(exc.key, **exc.params) + "\n\n" + t("buy.buy_usage"))
+            await event.answer(t(exc.key, **exc.params) + "\n\n" + t("buy.buy_usage"))
             return
-        await _ask_currency(message, t, tokens, orders)
+        await _ask_currency(event, t, tokens, orders)
         return
     text, markup = await _packages_screen(t, user, orders)
-    await message.answer(text, reply_markup=markup)
-
-
-@router.callback_query(MenuCb.filter(F.action == "tokens"))
-async def tokens_button(
-    callback: CallbackQuery, t: Translator, user: UserView, orders: OrderService, state: FSMContext
-) -> None:
-    await state.clear()
-    text, markup = await _packages_screen(t, user, orders)
-    await show(callback, text, markup)
+    await reply(event, text, markup)
 
 
 @router.callback_query(PackageCb.filter())

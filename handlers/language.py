@@ -7,9 +7,9 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
-from bot.callbacks import LangCb, MenuCb
+from core.callbacks import LangCb, MenuCb
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply, show
 from locales import LANGUAGES, Translator, translator
 from services.users import UserService, UserView
 
@@ -17,13 +17,9 @@ router = RouterSpec(__name__)
 
 
 @router.message(Command("lang"))
-async def lang_command(message: Message, t: Translator) -> None:
-    await message.answer(t("lang.choose"), reply_markup=keyboards.languages(t))
-
-
 @router.callback_query(MenuCb.filter(F.action == "lang"))
-async def lang_button(callback: CallbackQuery, t: Translator) -> None:
-    await show(callback, t("lang.choose"), keyboards.languages(t))
+async def lang_screen(event: Message | CallbackQuery, t: Translator) -> None:
+    await reply(event, t("lang.choose"), keyboards.languages(t))
 
 
 @router.callback_query(LangCb.filter(F.code.in_(LANGUAGES)))

@@ -8,9 +8,9 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply, show
 from locales import Translator
 
 router = RouterSpec(__name__)
@@ -30,10 +30,6 @@ async def home(callback: CallbackQuery, t: Translator, state: FSMContext) -> Non
 
 
 @router.message(Command("help"))
-async def help_command(message: Message, t: Translator) -> None:
-    await message.answer(t("help.text"), reply_markup=keyboards.back_to_menu(t))
-
-
 @router.callback_query(MenuCb.filter(F.action == "help"))
-async def help_button(callback: CallbackQuery, t: Translator) -> None:
-    await show(callback, t("help.text"), keyboards.back_to_menu(t))
+async def help_screen(event: Message | CallbackQuery, t: Translator) -> None:
+    await reply(event, t("help.text"), keyboards.back_to_menu(t))

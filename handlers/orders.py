@@ -7,9 +7,9 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards, screens
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply
 from locales import Translator
 from services.orders import OrderService
 from services.users import UserView
@@ -18,16 +18,9 @@ router = RouterSpec(__name__)
 
 
 @router.message(Command("orders"))
-async def orders_command(
-    message: Message, t: Translator, user: UserView, orders: OrderService
-) -> None:
-    items = await orders.recent_orders(user.id)
-    await message.answer(screens.orders(t, items), reply_markup=keyboards.back_to_menu(t))
-
-
 @router.callback_query(MenuCb.filter(F.action == "orders"))
-async def orders_button(
-    callback: CallbackQuery, t: Translator, user: UserView, orders: OrderService
+async def orders_screen(
+    event: Message | CallbackQuery, t: Translator, user: UserView, orders: OrderService
 ) -> None:
     items = await orders.recent_orders(user.id)
-    await show(callback, screens.orders(t, items), keyboards.back_to_menu(t))
+    await reply(event, screens.orders(t, items), keyboards.back_to_menu(t))

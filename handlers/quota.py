@@ -7,9 +7,9 @@ from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
 from bot import keyboards, screens
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
-from handlers.util import show
+from handlers.util import reply
 from locales import Translator
 from services.quota import QuotaService
 from services.users import UserView
@@ -23,14 +23,8 @@ async def _text(t: Translator, user: UserView, quota: QuotaService) -> str:
 
 
 @router.message(Command("quota"))
-async def quota_command(
-    message: Message, t: Translator, user: UserView, quota: QuotaService
-) -> None:
-    await message.answer(await _text(t, user, quota), reply_markup=keyboards.back_to_menu(t))
-
-
 @router.callback_query(MenuCb.filter(F.action == "quota"))
-async def quota_button(
-    callback: CallbackQuery, t: Translator, user: UserView, quota: QuotaService
+async def quota_screen(
+    event: Message | CallbackQuery, t: Translator, user: UserView, quota: QuotaService
 ) -> None:
-    await show(callback, await _text(t, user, quota), keyboards.back_to_menu(t))
+    await reply(event, await _text(t, user, quota), keyboards.back_to_menu(t))

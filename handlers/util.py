@@ -28,3 +28,14 @@ async def show(
     elif isinstance(message, Message):
         await message.answer(text, reply_markup=markup)
     await callback.answer()
+
+
+async def reply(
+    event: Message | CallbackQuery, text: str, markup: InlineKeyboardMarkup | None = None
+) -> None:
+    """The one answer of a screen reachable both by a command and by a menu button: a
+    command gets a new message, a press replaces the pressed one (see ``show``)."""
+    if isinstance(event, CallbackQuery):
+        await show(event, text, markup)
+    else:
+        await event.answer(text, reply_markup=markup)

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.money import format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus
 from db.status import SETTLED, UNPAID
@@ -31,9 +33,7 @@ from services.admin_ledger import (
     Period,
     Stats,
 )
-from services.clock import utcnow
 from services.errors import ExternalError, OpenRouterError
-from services.money import format_usd
 from services.notify import Notifier
 from services.openrouter import OpenRouterClient
 from services.payments.base import PaymentProvider

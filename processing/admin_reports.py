@@ -17,14 +17,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.money import format_usd
 from db import repo
 from db.models import OutboxMessage
 from locales import Translator, translator
 from processing.admin_ops import AdminOps, Balance
 from services.admin_ledger import AdminLedger, Period, Stats, days_period
-from services.clock import utcnow
 from services.errors import ExternalError
-from services.money import format_usd
 from services.notify import Notifier
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.callbacks import MenuCb, OrderCb
+from core.callbacks import MenuCb, OrderCb
+from core.clock import utcnow
+from core.money import CENT, format_crypto, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage, User
-from services.clock import utcnow
-from services.money import CENT, format_crypto, format_usd
 from services.notify import Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
 from services.quota import last_known

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from services.clock import utcnow
+from core.clock import utcnow
 
 log = logging.getLogger(__name__)
 

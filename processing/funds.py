@@ -30,9 +30,9 @@ from decimal import Decimal
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import FundsLedger
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
 

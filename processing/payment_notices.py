@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.clock import format_utc
+from core.jsonutil import jsonable
+from core.money import format_crypto
 from db import repo
 from db.models import Order, OrderStatus
 from db.status import OPEN
-from services.clock import format_utc
-from services.jsonutil import jsonable
-from services.money import format_crypto
 from services.notify import Notifier
 from services.payments.base import PaymentStatus
 

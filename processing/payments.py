@@ -19,15 +19,15 @@ from typing import Any
 from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.jsonutil import jsonable
+from core.money import format_crypto, format_tokens, format_usd
 from db import repo
 from db.models import Order, OrderStatus, Payment
 from db.status import CLOSED_UNPAID, OPEN, SETTLED, UNPAID
 from processing import payment_notices as notices
-from services.clock import utcnow
 from services.errors import ExternalError, OrderNotFound
-from services.jsonutil import jsonable
 from services.logcontext import annotate, bind
-from services.money import format_crypto, format_tokens, format_usd
 from services.notify import Notifier
 from services.orders import owned
 from services.payments.base import PaymentProvider, PaymentStatus

@@ -27,12 +27,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.util import undefined
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from processing.admin_reports import REPORT_MISFIRE_GRACE, AdminReports
 from processing.alerts import SUMMARY_GRACE, BuyerAlerts
 from processing.backup import SqliteBackup
 from processing.fulfilment import Fulfilment
 from processing.payments import AITokenPaymentProcessor
-from services.clock import utcnow
 from services.errors import ExternalError
 from services.notify import Notifier
 from services.openrouter import ModelCatalog

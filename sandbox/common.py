@@ -23,7 +23,7 @@ LOOPBACK = "127.0.0.1"
 
 # --------------------------------------------------------------------------- JSON
 # One implementation of exact-number JSON for the product and the emulators.
-from services.jsonutil import dumps, loads, plain_number  # noqa: E402
+from core.jsonutil import dumps, loads, plain_number  # noqa: E402
 
 __all__ = [
     "LOOPBACK",

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from core.clock import utcnow
 from db.models import Order, OrderStatus
 from sandbox.provider_control import KryptoExpressControl, OpenRouterControl
-from services.clock import utcnow
 
 if TYPE_CHECKING:
     from bot.app import BotApp

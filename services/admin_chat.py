@@ -14,8 +14,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db.models import RuntimeSetting
-from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.limits import MAX_ROW_ID
 from db import repo
-from db.models import MAX_ROW_ID, Order, OrderEvent, OrderStatus, Payment, User
+from db.models import Order, OrderEvent, OrderStatus, Payment, User
 from db.status import CLOSED_UNPAID, REFUNDABLE, RETRYABLE, SETTLED
-from services.clock import utcnow
 
 ZERO = Decimal("0.00")
 

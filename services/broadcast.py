@@ -18,10 +18,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import Broadcast, OutboxMessage, User
 from db.status import BroadcastStatus, OutboxStatus
-from services.clock import utcnow
 
 # Rows per INSERT: well under SQLite's bound on parameters in one statement.
 INSERT_CHUNK = 500

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from core.jsonutil import dumps, loads
 from services.errors import ExternalError
-from services.jsonutil import dumps, loads
 
 log = logging.getLogger(__name__)
 

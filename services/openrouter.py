@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
+from core.money import to_decimal
 from services.errors import OpenRouterError
 from services.http import JsonHttp, worst_call_seconds
-from services.money import to_decimal
 from services.pricing import ModelPrice
 
 KEYS_PAGE_SIZE = 100

@@ -15,10 +15,12 @@ from typing import TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
+from core.jsonutil import jsonable
+from core.money import quantize_crypto
 from db import repo
 from db.models import Order, OrderStatus, Payment, Quote
 from db.status import OPEN
-from services.clock import utcnow
 from services.errors import (
     CurrencyUnavailable,
     DomainError,
@@ -29,9 +31,7 @@ from services.errors import (
     PaymentUnavailable,
     QuoteUnavailable,
 )
-from services.jsonutil import jsonable
 from services.logcontext import annotate
-from services.money import quantize_crypto
 from services.notify import Notifier
 from services.openrouter import ModelCatalog
 from services.payments.base import ASSETS, Invoice, PaymentProvider

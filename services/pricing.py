@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from core.money import ceil_cents, format_tokens, format_usd
 from services.errors import InvalidAmount, ModelUnavailable
-from services.money import ceil_cents, format_tokens, format_usd
 
 PACKAGE_NAMES = ("starter", "standard", "professional", "enterprise")
 # Custom amounts longer than this are certainly over any cap; refuse before arithmetic.

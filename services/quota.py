@@ -20,9 +20,9 @@ from decimal import ROUND_DOWN, Decimal
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import ApiKey
-from services.clock import utcnow
 from services.errors import DomainError, OpenRouterError
 from services.openrouter import KeyInfo, ModelCatalog, OpenRouterClient
 

@@ -9,8 +9,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db.models import User
-from services.clock import utcnow
 from services.errors import ModelUnavailable
 from services.openrouter import ModelCatalog
 from services.pricing import AITokenService, ModelPrice

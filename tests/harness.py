@@ -19,13 +19,13 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from bot.app import BotApp
+from core.clock import utcnow
 from db.engine import create_engine
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage
 from processing.scheduler import JobIntervals
 from sandbox.provider_control import KryptoExpressControl, OpenRouterControl
 from sandbox.runner import ADMIN_CHAT_ID, Sandbox, start_sandbox, temp_sqlite_url
 from sandbox.telegram_control import TelegramControl
-from services.clock import utcnow
 
 # Jobs are off unless a test turns them on: each test proves one path.
 IDLE = 3600.0

@@ -6,8 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from core.money import format_usd
 from sandbox.runner import ADMIN_ID
-from services.money import format_usd
 from tests.harness import Env, running_env
 
 BUYER = 717171

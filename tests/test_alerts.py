@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from core.clock import utcnow
+from core.money import format_crypto
 from db.models import ApiKey, OutboxMessage, User
 from processing.alerts import alert_level, used_share
-from services.clock import utcnow
-from services.money import format_crypto
 from services.preferences import Preference
 from tests.harness import Env, running_env
 

@@ -14,8 +14,8 @@ from cryptography.fernet import Fernet
 
 from bot.app import BotApp
 from bot.settings import load_settings
+from core.clock import utcnow
 from processing.backup import SqliteBackup, sqlite_path
-from services.clock import utcnow
 from tests.harness import running_env
 
 BUYER = 515151

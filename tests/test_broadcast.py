@@ -10,10 +10,10 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from bot.app import BotApp
+from core.clock import utcnow
 from db.models import Broadcast, OutboxMessage, User
 from processing.scheduler import JobIntervals
 from sandbox.runner import ADMIN_ID
-from services.clock import utcnow
 from tests.harness import IDLE, Env, running_env
 
 STRANGER = 818181

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import update
 
 from bench.chaos import ChaosConfig, run_chaos
+from core.clock import utcnow
 from db.models import User
-from services.clock import utcnow
 from tests.harness import running_env
 
 BUYER = 717171

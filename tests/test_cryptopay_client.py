@@ -11,11 +11,11 @@ import httpx
 import pytest
 from aiohttp import web
 
+from core.jsonutil import dumps, loads
 from sandbox.common import Served
 from sandbox.cryptopay import CryptoPayEmulator
 from sandbox.provider_control import CryptoPayControl
 from services.errors import CallbackRejected, CryptoPayError
-from services.jsonutil import dumps, loads
 from services.payments.cryptopay import (
     MAINNET_URL,
     TESTNET_URL,

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 
 from bot.app import BotApp
+from core.clock import utcnow
 from db import repo
 from db.models import User
 from processing.fulfilment import KEY_CREATE_STARTED, Fulfilment
 from processing.scheduler import JobIntervals
 from sandbox.runner import MANAGEMENT_KEY
-from services.clock import utcnow
 from tests.harness import IDLE, running_env
 
 BUYER = 616161

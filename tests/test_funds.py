@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.app import BotApp
+from core.clock import utcnow
 from db.models import FundsLedger
 from processing.fulfilment import KEY_NAME_PREFIX
 from processing.funds import FundsBusy, SharedFunds
-from services.clock import utcnow
 from tests.harness import running_env
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.jsonutil import loads
 from processing.web import MAX_CALLBACK_BYTES
-from services.jsonutil import loads
 from tests.harness import running_env
 
 

@@ -17,10 +17,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from bot.settings import ConfigError, load_settings
+from core.clock import utcnow
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from db.models import ApiKey, User
-from services.clock import utcnow
 from services.vault import KeyVault
 from tests.harness import database_url, wipe_postgres
 

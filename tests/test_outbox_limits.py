@@ -17,11 +17,11 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, User
 from processing.outbox import RateLimiter, SendLimits
 from sandbox.runner import ADMIN_ID
-from services.clock import utcnow
 from tests.harness import Env, running_env
 
 BROADCAST_USERS = 2000

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import update
 
+from core.clock import utcnow
 from db.models import Quote
-from services.clock import utcnow
 from tests.harness import running_env
 
 BUYER = 515151

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from services.clock import utcnow
+from core.clock import utcnow
 from tests.harness import Env, running_env
 from tests.test_admin import ask
 

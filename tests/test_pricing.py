@@ -1,4 +1,4 @@
-"""Pricing rules of SPEC §1 (services/pricing.py) and the money helpers (services/money.py)."""
+"""Pricing rules of SPEC §1 (services/pricing.py) and the money helpers (core/money.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from services.errors import InvalidAmount, ModelUnavailable
-from services.money import (
+from core.money import (
     ceil_cents,
     crypto_places,
     floor_cents,
@@ -21,6 +20,7 @@ from services.money import (
     quantize_crypto,
     to_decimal,
 )
+from services.errors import InvalidAmount, ModelUnavailable
 from services.pricing import (
     AITokenService,
     ModelPrice,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from core.clock import utcnow
 from db.models import ApiKey
-from services.clock import utcnow
 from services.quota import QuotaService
 from tests.harness import running_env
 

@@ -15,9 +15,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from core.clock import utcnow
 from db.models import User
 from sandbox.runner import ADMIN_ID
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from tests.harness import Env, running_env
 from tests.test_admin import ask

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from apscheduler.triggers.cron import CronTrigger
 
+from core.clock import utcnow
+from core.money import format_usd
 from db.models import OutboxMessage
-from services.clock import utcnow
-from services.money import format_usd
 from tests.harness import running_env
 from tests.test_admin import AUTH_FAULT, BUYER, BUYER2, BUYER3
 

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.engine import create_engine
 from db.migrate import upgrade_to_head
@@ -34,7 +35,6 @@ from db.status import (
     OrderStatus,
     mermaid,
 )
-from services.clock import utcnow
 from tests.harness import database_url, wipe_postgres
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,11 +31,11 @@ from aiogram.exceptions import (
 )
 from sqlalchemy import select
 
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, RuntimeSetting
 from sandbox.runner import ADMIN_ID, BOT_TOKEN, Sandbox
 from services.admin_chat import AdminChat
-from services.clock import utcnow
 from tests.harness import Env, running_env
 
 OLD_GROUP = -4001

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
+from core.clock import utcnow
 from db import repo
 from db.models import ApiKey, Order, OrderEvent, OrderStatus
 from processing.fulfilment.leasing import BuyerLeasing
-from services.clock import utcnow
 from services.openrouter import OpenRouterClient
 from services.vault import KeyVault
 

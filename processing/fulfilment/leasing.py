@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import OrderStatus, User
-from services.clock import utcnow
 
 
 class LeaseLost(Exception):

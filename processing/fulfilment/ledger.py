@@ -7,10 +7,10 @@ from decimal import Decimal
 
 from sqlalchemy import update
 
+from core.clock import utcnow
 from db import repo
 from db.models import ApiKey
 from processing.fulfilment.leasing import BuyerLeasing
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
 

@@ -12,21 +12,21 @@ from typing import Any
 
 from sqlalchemy import update
 
-from bot.callbacks import MenuCb
+from core.callbacks import MenuCb
+from core.clock import utcnow
+from core.money import ceil_cents, format_tokens, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus
 from processing.fulfilment.ledger import LedgerReassert
 from processing.funds import Funds
-from services.clock import utcnow
 from services.errors import OpenRouterError
-from services.money import ceil_cents, format_tokens, format_usd
 from services.notify import API_KEY_SLOT, Notifier
 from services.openrouter import KeyInfo
 from services.quota import last_known
 
 log = logging.getLogger(__name__)
 
-# Buttons under a delivery: buy more, see the quota (callback data of bot.callbacks.MenuCb).
+# Buttons under a delivery: buy more, see the quota (callback data of core.callbacks.MenuCb).
 AFTER_DELIVERY = [
     [
         ("menu.ai_tokens", MenuCb(action="tokens").pack()),

@@ -12,6 +12,7 @@ from decimal import Decimal
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import Order, OrderStatus
 from db.status import CLAIMABLE
@@ -26,7 +27,6 @@ from processing.fulfilment.queue import (
 )
 from processing.fulfilment.records import AttemptRecords
 from processing.funds import Funds, SharedFunds
-from services.clock import utcnow
 from services.errors import OpenRouterError
 from services.logcontext import bind
 from services.notify import Notifier

@@ -31,13 +31,13 @@ from aiogram.exceptions import (
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, User
 from db.status import OutboxStatus
 from locales import translator
 from processing.outbox.delivery import Delivery
 from processing.outbox.limits import RateLimiter
-from services.clock import utcnow
 from services.notify import Notifier
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from datetime import timedelta
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramMigrateToChat
 
+from core.clock import utcnow
 from locales import translator
 from services.broadcast import BroadcastService, Progress
-from services.clock import utcnow
 
 log = logging.getLogger(__name__)
 

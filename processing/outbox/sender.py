@@ -12,6 +12,7 @@ from aiogram import Bot
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage
 from db.status import OutboxStatus
@@ -20,7 +21,6 @@ from processing.outbox.limits import RateLimiter, SendLimits
 from processing.outbox.outcomes import SendOutcomes
 from processing.outbox.progress import BroadcastProgress
 from services.broadcast import BroadcastService
-from services.clock import utcnow
 from services.notify import Notifier
 from services.vault import KeyVault
 

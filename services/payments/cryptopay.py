@@ -27,11 +27,11 @@ import httpx
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
+from core.jsonutil import loads, plain_number
+from core.money import CENT, to_decimal
 from services.config import empty_is_unset, http_url
 from services.errors import CallbackMalformed, CallbackRejected, CryptoPayError
 from services.http import JsonHttp
-from services.jsonutil import loads, plain_number
-from services.money import CENT, to_decimal
 from services.payments.cryptopay_types import (
     MAINNET_URL,
     MAX_COUNT,

@@ -11,8 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from core.money import to_decimal
 from services.errors import CryptoPayError
-from services.money import to_decimal
 from services.payments.base import Invoice, PaymentStatus
 
 NAME = "cryptopay"

@@ -15,6 +15,8 @@ import httpx
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
+from core.jsonutil import loads
+from core.money import quantize_crypto, to_decimal
 from services.config import empty_is_unset, http_url
 from services.errors import (
     CallbackMalformed,
@@ -24,8 +26,6 @@ from services.errors import (
     ProviderError,
 )
 from services.http import JsonHttp
-from services.jsonutil import loads
-from services.money import quantize_crypto, to_decimal
 from services.payments.base import ASSETS, Invoice, PaymentStatus
 
 NAME = "kryptoexpress"

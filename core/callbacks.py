@@ -12,7 +12,7 @@ from typing import Annotated
 from aiogram.filters.callback_data import CallbackData
 from pydantic import Field
 
-from db.models import MAX_BIGINT, MAX_ROW_ID
+from core.limits import MAX_BIGINT, MAX_ROW_ID
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 TokenCount = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
@@ -47,6 +47,21 @@ class OrderCb(CallbackData, prefix="o"):
 
 class LangCb(CallbackData, prefix="l"):
     code: str
+
+
+class SettingsCb(CallbackData, prefix="st"):
+    toggle: str  # a Preference value, validated by the filter in handlers/settings.py
+
+
+class AdminOrderCb(CallbackData, prefix="ao"):
+    """The "🔎 Order #N" button under admin alerts."""
+
+    order_id: RowId
+
+
+class BroadcastCb(CallbackData, prefix="bc"):
+    action: str  # send | cancel
+    broadcast_id: RowId
 
 
 class AdminFundsCb(CallbackData, prefix="af"):
