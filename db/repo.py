@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,6 +87,19 @@ def add_event(
             actor=actor,
             detail=detail,
         )
+    )
+
+
+async def count_events(session: AsyncSession, order_id: int, kind: str) -> int:
+    """How many events of ``kind`` the order has (the session's unflushed ones included)."""
+    return int(
+        (
+            await session.execute(
+                select(func.count())
+                .select_from(OrderEvent)
+                .where(OrderEvent.order_id == order_id, OrderEvent.kind == kind)
+            )
+        ).scalar_one()
     )
 
 

@@ -9,6 +9,7 @@ re-measures now; without it a waiting order resumes within FUNDS_RECHECK_SECONDS
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,28 @@ async def test_a_growing_deficit_is_told_once_per_new_figure(tmp_path: Path) -> 
         ]
         assert len(changes) == 1 and "now exactly $1.15 (was $0.65" in changes[0], changes
         assert (await env.order(order_id)).funds_topup_usd == Decimal("1.15")
+
+
+async def test_a_long_wait_for_funds_does_not_use_up_the_retry_budget(tmp_path: Path) -> None:
+    """Waiting for the operator's top-up is not a failed attempt. An order re-checked more
+    times than the retry budget still has that budget once the money is there: one
+    transient OpenRouter error after the top-up is retried, not the end of the order
+    (before, each re-check counted as an attempt and the order ended `failed`)."""
+    async with running_env(
+        tmp_path, fulfilment={"max_attempts": 3, "retry_base": timedelta(0)}
+    ) as env:
+        await env.orc.set_credits(total_credits=Decimal("1.00"), total_usage=Decimal("0"))
+        order_id = await _waiting(env, BUYER)
+        await env.tg.wait_for_text(env.admin_chat, f"Order #{order_id} awaits funds")
+        for _ in range(4):  # more re-checks than the retry budget
+            assert "0 delivered, 1 still waiting" in await _recheck(env)
+        # The operator tops up; the first PATCH then meets a 502 on every client retry.
+        await env.orc.set_credits(total_credits=Decimal("1.65"))
+        await env.orc.add_fault(path="/api/v1/keys/", method="PATCH", status=502, count=3)
+        await _recheck(env)
+        assert (await env.order(order_id)).status == "paid"
+        await env.app.fulfilment.run_due()
+        await env.delivered_message(BUYER, order_id)
+        assert await _limits(env) == [STARTER]
+        # Every new wait that told a figure was announced once, never twice.
+        assert len(await _funds_alerts(env, order_id)) == 1

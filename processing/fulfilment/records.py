@@ -126,7 +126,6 @@ class AttemptRecords(LedgerReassert):
         user_id: int,
         token: str,
         told: Decimal | None,
-        attempts: int,
         needed: Decimal,
         ahead: Decimal,
         funds: Funds,
@@ -152,7 +151,15 @@ class AttemptRecords(LedgerReassert):
                 next_attempt_at=utcnow() + self.funds_recheck,
                 funds_needed_usd=needed,
                 funds_topup_usd=topup,
+                # Waiting for the operator's money is no failed attempt: each re-check
+                # claims the order (attempts + 1), so give that back, or an order that
+                # waited through `max_attempts` re-checks would fail on its first
+                # transient OpenRouter error once the money is there.
+                attempts=Order.attempts - 1,
             )
+            # Which wait this is (1 for the first, 2 after a /retry of a failure, ...):
+            # the alerts' dedupe keys, since `attempts` no longer moves while it waits.
+            wait = await repo.count_events(session, order_id, "awaiting_funds")
             figures = {
                 "order_id": order_id,
                 "topup": format_usd(topup),
@@ -168,7 +175,7 @@ class AttemptRecords(LedgerReassert):
                 await self.notifier.admin(
                     session,
                     "admin.awaiting_funds_changed",
-                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    dedupe=f"awaiting-funds:{order_id}:{wait}:{topup}",
                     recheck=True,
                     previous=format_usd(told),
                     **figures,
@@ -177,7 +184,7 @@ class AttemptRecords(LedgerReassert):
                 await self.notifier.admin(
                     session,
                     "admin.awaiting_funds",
-                    dedupe=f"awaiting-funds:{order_id}:{attempts}",
+                    dedupe=f"awaiting-funds:{order_id}:{wait}",
                     recheck=True,
                     **figures,
                 )

@@ -248,9 +248,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
                 )
                 funds = await funds_hold.headroom(needed + ahead, fresh_after=funds_fresh_after)
                 if needed + ahead > funds.headroom:
-                    await self._await_funds(
-                        order_id, user_id, token, told, attempts, needed, ahead, funds
-                    )
+                    await self._await_funds(order_id, user_id, token, told, needed, ahead, funds)
                     return False
                 # Re-assert both leases just before the write that moves money. A worker
                 # that stalled past its user lease may have been overtaken by one that
