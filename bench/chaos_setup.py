@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import text
 
 from bench.chaos_report import ChaosConfig
-from db.engine import create_engine
+from db.engine import create_engine, wipe_postgres
 from db.migrate import upgrade_to_head
 from sandbox.common import LOOPBACK
 from sandbox.runner import (
@@ -43,13 +43,7 @@ async def prepare_database(config: ChaosConfig, workdir: Path) -> str:
         url = f"sqlite+aiosqlite:///{workdir / 'chaos.db'}"
     if url.startswith("postgresql"):
         await _ensure_pg_database(url)
-        engine = create_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text("DROP SCHEMA public CASCADE"))
-                await conn.execute(text("CREATE SCHEMA public"))
-        finally:
-            await engine.dispose()
+        await wipe_postgres(url)
     # Migrate once before any replica starts: two replicas migrating at once race.
     engine = create_engine(url)
     try:

@@ -72,6 +72,50 @@ async def _flag(session: AsyncSession, order_id: int, reason: str) -> None:
     await session.execute(update(Order).where(Order.id == order_id).values(attention=reason))
 
 
+async def _unexpected(
+    session: AsyncSession,
+    notifier: Notifier,
+    order: Order,
+    situation: str,
+    *,
+    source: str,
+    status: str,
+    detail: dict[str, Any],
+    admin_dedupe: str,
+    admin_params: dict[str, Any],
+    user_dedupe: str,
+    crypto: str,
+) -> None:
+    """Money the order could not simply take: a ``payment_unexpected`` event, the order
+    flagged with ``situation``, the ``admin.<situation>`` alert and the buyer's notice."""
+    repo.add_event(
+        session,
+        order.id,
+        "payment_unexpected",
+        actor=source,
+        status=status,
+        detail=jsonable({"situation": situation, **detail}),
+    )
+    await _flag(session, order.id, situation)
+    await notifier.admin(
+        session,
+        f"admin.{situation}",
+        dedupe=admin_dedupe,
+        order_id=order.id,
+        user_id=order.user_id,
+        status=status,
+        **admin_params,
+    )
+    await notifier.user(
+        session,
+        order.user_id,
+        "notify.payment_unexpected",
+        dedupe=user_dedupe,
+        order_id=order.id,
+        crypto=crypto,
+    )
+
+
 async def partial(
     session: AsyncSession,
     notifier: Notifier,
@@ -163,39 +207,21 @@ async def paid_after_close(
     (``refunded``: the operator gave a partial payment back, then the buyer paid the
     rest). No credit is granted by itself: the operator already paid part of this money
     back once, so only they can settle what the buyer is owed."""
-    crypto = f"{format_crypto(status.crypto_amount, order.asset)} {order.crypto_code}"
-    repo.add_event(
+    await _unexpected(
         session,
-        order.id,
-        "payment_unexpected",
-        actor=source,
+        notifier,
+        order,
+        "paid_after_close",
+        source=source,
         status=current.value,
-        detail=jsonable(
-            {
-                "situation": "paid_after_close",
-                "received": status.received_amount,
-                "payload": status.raw,
-            }
-        ),
-    )
-    await _flag(session, order.id, "paid_after_close")
-    await notifier.admin(
-        session,
-        "admin.paid_after_close",
-        dedupe=f"paid-after-close:{order.id}",
-        order_id=order.id,
-        user_id=order.user_id,
-        status=current.value,
-        crypto=crypto,
-        provider=status.provider,
-        payment_id=status.payment_id,
-    )
-    await notifier.user(
-        session,
-        order.user_id,
-        "notify.payment_unexpected",
-        dedupe=f"unexpected:{order.id}:paid",
-        order_id=order.id,
+        detail={"received": status.received_amount, "payload": status.raw},
+        admin_dedupe=f"paid-after-close:{order.id}",
+        admin_params={
+            "crypto": f"{format_crypto(status.crypto_amount, order.asset)} {order.crypto_code}",
+            "provider": status.provider,
+            "payment_id": status.payment_id,
+        },
+        user_dedupe=f"unexpected:{order.id}:paid",
         crypto=f"{format_crypto(status.crypto_amount, order.asset)} {order.asset}",
     )
 
@@ -212,41 +238,23 @@ async def overpaid(
     received = status.received_amount
     assert received is not None
     extra = received - status.crypto_amount
-    repo.add_event(
+    await _unexpected(
         session,
-        order.id,
-        "payment_unexpected",
-        actor=source,
+        notifier,
+        order,
+        "overpaid",
+        source=source,
         status=order.status,
-        detail=jsonable(
-            {
-                "situation": "overpaid",
-                "received": received,
-                "extra": extra,
-                "payload": status.raw,
-            }
-        ),
-    )
-    await _flag(session, order.id, "overpaid")
-    await notifier.admin(
-        session,
-        "admin.overpaid",
-        dedupe=f"overpaid:{order.id}:{received}",
-        order_id=order.id,
-        user_id=order.user_id,
-        status=order.status,
-        received=format_crypto(received, order.asset),
-        amount=format_crypto(status.crypto_amount, order.asset),
-        extra=format_crypto(extra, order.asset),
-        asset=order.asset,
-        provider=status.provider,
-        payment_id=status.payment_id,
-    )
-    await notifier.user(
-        session,
-        order.user_id,
-        "notify.payment_unexpected",
-        dedupe=f"unexpected:{order.id}:over:{received}",
-        order_id=order.id,
+        detail={"received": received, "extra": extra, "payload": status.raw},
+        admin_dedupe=f"overpaid:{order.id}:{received}",
+        admin_params={
+            "received": format_crypto(received, order.asset),
+            "amount": format_crypto(status.crypto_amount, order.asset),
+            "extra": format_crypto(extra, order.asset),
+            "asset": order.asset,
+            "provider": status.provider,
+            "payment_id": status.payment_id,
+        },
+        user_dedupe=f"unexpected:{order.id}:over:{received}",
         crypto=f"{format_crypto(extra, order.asset)} {order.asset}",
     )

@@ -36,11 +36,37 @@ __all__ = [
     "loads",
     "now_iso",
     "plain_number",
+    "read_json_object",
 ]
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(text=dumps(payload), status=status, content_type="application/json")
+
+
+async def read_json_object(
+    request: web.Request,
+    fail: Callable[[str], Exception],
+    *,
+    required: bool,
+    missing: str,
+    invalid_json: str,
+) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}`` unless ``required``.
+    Each refusal raises ``fail(message)``: the emulator's own error, with its wording
+    (``missing`` for an empty body, ``invalid_json: <parser error>`` for bad JSON)."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise fail(missing)
+        return {}
+    try:
+        body = loads(raw)
+    except ValueError as exc:
+        raise fail(f"{invalid_json}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise fail("Request body must be a JSON object")
+    return body
 
 
 # ------------------------------------------------------------------- request log

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.common import json_response, loads, now_iso
+from sandbox.common import json_response, now_iso, read_json_object
 
 FIRST_PAYMENT_ID = 634
 MIN_FIAT_AMOUNT = Decimal("1.00")
@@ -140,18 +140,13 @@ def bool_field(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 async def json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "Required request body is missing")
-        return {}
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"JSON parse error: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
+    return await read_json_object(
+        request,
+        lambda message: ApiError(400, message),
+        required=required,
+        missing="Required request body is missing",
+        invalid_json="JSON parse error",
+    )
 
 
 # ---------------------------------------------------------------------- records

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.common import json_response, loads, now_iso, plain_number
+from sandbox.common import json_response, now_iso, plain_number, read_json_object
 
 LIMIT_RESETS = ("daily", "weekly", "monthly")
 
@@ -122,18 +122,13 @@ def parse_limit_reset(value: Any) -> str | None:
 
 
 async def json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "Request body must be a JSON object")
-        return {}
-    try:
-        body = loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"Invalid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return body
+    return await read_json_object(
+        request,
+        lambda message: ApiError(400, message),
+        required=required,
+        missing="Request body must be a JSON object",
+        invalid_json="Invalid JSON",
+    )
 
 
 @dataclass

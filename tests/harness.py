@@ -16,11 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from bot.app import BotApp
 from core.clock import utcnow
-from db.engine import create_engine
+from db.engine import wipe_postgres
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage
 from processing.scheduler import JobIntervals
 from sandbox.provider_control import KryptoExpressControl, OpenRouterControl
@@ -33,16 +33,6 @@ IDLE = 3600.0
 
 def database_url(tmp_path: Path) -> str:
     return os.environ.get("TEST_DATABASE_URL") or temp_sqlite_url(tmp_path)
-
-
-async def wipe_postgres(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
 
 
 @dataclass

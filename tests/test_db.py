@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.engine import create_engine
+from db.engine import create_engine, wipe_postgres
 from db.migrate import alembic_config, downgrade_to, upgrade_to_head
 from db.models import Base
 from db.types import Money, UTCDateTime
@@ -46,21 +46,11 @@ BACKENDS = [
 APP_TABLES = {t.name for t in Base.metadata.sorted_tables}
 
 
-async def _wipe_postgres(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     if request.param == "postgresql":
         assert PG_URL
-        await _wipe_postgres(PG_URL)
+        await wipe_postgres(PG_URL)
         url = PG_URL
     else:
         url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}"

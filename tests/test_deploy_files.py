@@ -171,15 +171,19 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
         "POSTGRES_PASSWORD": "ci",
         "BOT_ENV_FILE": ".env.example",
     }
-    result = subprocess.run(  # noqa: S603 - a fixed command, no shell
-        [binary, "--profile", "replica", "config"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def compose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - a fixed command, no shell
+            [binary, *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = compose("--profile", "replica", "config")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) == {"bot", "bot-worker", "postgres", "redis"}
@@ -187,13 +191,5 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     assert bot_env["DATABASE_URL"] == "postgresql+asyncpg://bot:ci@postgres:5432/bot"
     # Without the password Compose refuses to start anything, naming it.
     del env["POSTGRES_PASSWORD"]
-    refused = subprocess.run(  # noqa: S603
-        [binary, "config", "-q"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = compose("config", "-q")
     assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
