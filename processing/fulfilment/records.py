@@ -157,8 +157,9 @@ class AttemptRecords(LedgerReassert):
                 # transient OpenRouter error once the money is there.
                 attempts=Order.attempts - 1,
             )
-            # Which wait this is (1 for the first, 2 after a /retry of a failure, ...):
-            # the alerts' dedupe keys, since `attempts` no longer moves while it waits.
+            # The alerts' dedupe keys need a number that never repeats for this order
+            # (`attempts` no longer moves while it waits): the count of its funds waits,
+            # this one included. One alert per figure comes from `told`, stored with it.
             wait = await repo.count_events(session, order_id, "awaiting_funds")
             figures = {
                 "order_id": order_id,
