@@ -7,6 +7,7 @@ The values are what the status columns hold; renaming one needs a migration.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Collection
 from enum import StrEnum
 
@@ -109,5 +110,5 @@ class BroadcastStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-if __name__ == "__main__":
-    print(mermaid())
+if __name__ == "__main__":  # python -m db.status: the diagram for docs/architecture.md
+    sys.stdout.write(mermaid() + "\n")
