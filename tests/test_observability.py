@@ -5,12 +5,17 @@ does not answer, the scheduler stopped or the outbox is stuck."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -23,6 +28,8 @@ from tests.harness import Env, running_env
 
 BUYER = 818181
 BUYER2 = 818182
+REPO = Path(__file__).resolve().parents[1]
+BOTS = ("bot", "bot-worker")
 UNREACHABLE_DB = "postgresql+asyncpg://nobody@127.0.0.1:1/gone"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -231,3 +238,45 @@ async def test_telegram_check_tolerates_a_blip_but_not_an_outage(tmp_path: Path)
     assert reason.startswith("no answer from Telegram for 12") and "refused" in reason
     seen.ok()
     assert await readiness._timed(readiness.telegram) == "ok"
+
+
+# ------------------------------------------------------------------ deploy files
+def _compose_check() -> list[str]:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+    tests = {name: compose["services"][name]["healthcheck"]["test"] for name in BOTS}
+    assert tests["bot"] == tests["bot-worker"]
+    command: list[str] = tests["bot"]
+    assert command[0] == "CMD" and "/readyz" in command[-1]
+    return command[1:]
+
+
+def _dockerfile_check() -> list[str]:
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK"))
+    command: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    assert "/healthz" in command[-1]
+    return command
+
+
+async def _run(command: list[str], port: int) -> int:
+    """The container's check, run here against the bot (port 8080 → the test's port)."""
+    argv = [sys.executable, *command[1:]] if command[0] == "python" else command
+    argv = [arg.replace("8080", str(port)) for arg in argv]
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        env={**os.environ, "WEB_PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await process.wait()
+
+
+async def test_container_healthchecks_ask_readyz_and_healthz(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        port = env.app.web_port
+        assert port is not None
+        assert await _run(_compose_check(), port) == 0
+        assert await _run(_dockerfile_check(), port) == 0
+        env.app.scheduler.shutdown(wait=False)  # not ready, still alive
+        assert await _run(_compose_check(), port) == 1
+        assert await _run(_dockerfile_check(), port) == 0
