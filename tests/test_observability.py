@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.clock import utcnow
-from core.metrics import TelegramSeen
+from core.metrics import PREFIX, STATE, Metrics, TelegramSeen
 from db.models import OutboxMessage
 from processing.readiness import Readiness
 from sandbox.runner import BOT_TOKEN
@@ -280,3 +280,15 @@ async def test_container_healthchecks_ask_readyz_and_healthz(tmp_path: Path) -> 
         env.app.scheduler.shutdown(wait=False)  # not ready, still alive
         assert await _run(_compose_check(), port) == 1
         assert await _run(_dockerfile_check(), port) == 0
+
+
+def test_every_metric_is_prefixed_and_documented() -> None:
+    doc = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    names = set(STATE)
+    for family in Metrics().registry.collect():
+        suffix = "_total" if family.type == "counter" else ""
+        names.add(family.name + suffix)
+    assert len(names) >= 15
+    for name in names:
+        assert name.startswith(PREFIX), name
+        assert f"`{name}`" in doc, name
