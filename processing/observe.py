@@ -147,7 +147,7 @@ class OpsRoutes:
                 read_state(self.sessions), self.timeout
             )
         except Exception as exc:  # a scrape must answer; the gap shows as scrape_ok 0
-            log.warning("metrics_state_failed error=%s", type(exc).__name__ or exc)
+            log.warning("metrics_state_failed error=%s", type(exc).__name__)
             snapshot = None
         # Set and rendered with no await between: concurrent scrapes never mix snapshots.
         self.state.snapshot = snapshot

@@ -82,10 +82,10 @@ class Readiness:
         }
         if self.redis_ping is not None:
             checks["redis"] = self.redis
-        results = await asyncio.gather(*(self._timed(check) for check in checks.values()))
+        results = await asyncio.gather(*(self.answer(check) for check in checks.values()))
         return Report(dict(zip(checks, results, strict=True)))
 
-    async def _timed(self, check: Callable[[], Awaitable[None]]) -> str:
+    async def answer(self, check: Callable[[], Awaitable[None]]) -> str:
         try:
             await asyncio.wait_for(check(), self.timeout)
         except TimeoutError:

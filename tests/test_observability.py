@@ -229,15 +229,15 @@ async def test_telegram_check_tolerates_a_blip_but_not_an_outage(tmp_path: Path)
         telegram=seen,
         telegram_grace=timedelta(seconds=120),
     )
-    assert await readiness._timed(readiness.telegram) == "ok"  # no call yet
+    assert await readiness.answer(readiness.telegram) == "ok"  # no call yet
     seen.failed("network: connection refused")
-    assert await readiness._timed(readiness.telegram) == "ok"  # a blip
+    assert await readiness.answer(readiness.telegram) == "ok"  # a blip
     assert seen.failing_since is not None
     seen.failing_since -= 121
-    reason = await readiness._timed(readiness.telegram)
+    reason = await readiness.answer(readiness.telegram)
     assert reason.startswith("no answer from Telegram for 12") and "refused" in reason
     seen.ok()
-    assert await readiness._timed(readiness.telegram) == "ok"
+    assert await readiness.answer(readiness.telegram) == "ok"
 
 
 # ------------------------------------------------------------------ deploy files
