@@ -28,4 +28,11 @@ ENV WEB_HOST=0.0.0.0 \
     WEB_PORT=8080
 EXPOSE 8080
 
+# Liveness: the process answers (/healthz). An orchestrator that replaces unhealthy
+# containers must not do so because PostgreSQL or Telegram is down, so readiness
+# (/readyz) is left to the load balancer and to docker-compose.yml's check. No curl in
+# the slim image: Python's own urllib asks (it raises, exit 1, on anything but 2xx).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WEB_PORT', '8080'), timeout=4)"]
+
 CMD ["python", "run.py"]

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -26,9 +26,15 @@ from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
-from bot.middlewares import LateCallbackAnswers, LogContextMiddleware, UserContextMiddleware
+from bot.middlewares import (
+    LateCallbackAnswers,
+    LogContextMiddleware,
+    TelegramWatch,
+    UserContextMiddleware,
+)
 from bot.settings import ConfigError, Settings
 from core.callbacks import AdminFundsCb, AdminOrderCb
+from core.metrics import Metrics
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
@@ -38,13 +44,16 @@ from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
+from processing.observe import OpsRoutes
 from processing.outbox import OutboxSender
 from processing.payments import AITokenPaymentProcessor
+from processing.readiness import Readiness
 from processing.scheduler import JobIntervals, build_scheduler, job_table
 from processing.web import CallbackRoutes, hide_server_software
 from services.admin_chat import AdminChat
 from services.admin_ledger import AdminLedger
 from services.broadcast import BroadcastService
+from services.http import observe_errors
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
 from services.orders import OrderService, PaymentGateway
@@ -54,6 +63,9 @@ from services.pricing import AITokenService, PricingRules
 from services.quota import QuotaService
 from services.users import UserService
 from services.vault import KeyVault
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +84,8 @@ class BotApp:
     ) -> None:
         self.settings = settings
         s = settings
+        # One registry per bot instance: several bots may run in one process (tests).
+        self.metrics = Metrics()
         self.engine = create_engine(s.database_url)
         self.sessions = session_factory(self.engine)
         self.vault = KeyVault(_secret(s.encryption_key) or "")
@@ -118,6 +132,7 @@ class BotApp:
             lease=timedelta(seconds=s.fulfilment_lease_seconds),
             funds_lease=timedelta(seconds=s.funds_lease_seconds),
             funds_recheck=timedelta(seconds=s.funds_recheck_seconds),
+            metrics=self.metrics,
         )
         self.processor = AITokenPaymentProcessor(
             self.sessions,
@@ -126,6 +141,7 @@ class BotApp:
             on_paid=self.fulfilment.kick,
             stale_new=timedelta(seconds=s.stale_order_seconds),
             check_every=timedelta(seconds=s.check_payment_throttle_seconds),
+            metrics=self.metrics,
         )
         self.quota = QuotaService(
             self.sessions,
@@ -178,6 +194,7 @@ class BotApp:
             admin=self.admin,
             admin_chat=self.admin_chat,
         )
+        self.bot.session.middleware(TelegramWatch(self.metrics))
         self.bot.session.middleware(LateCallbackAnswers())
         self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.users))
@@ -195,9 +212,9 @@ class BotApp:
         self._outbox_idle = outbox_idle
         self.web = web.Application(client_max_size=1024 * 1024)
         hide_server_software(self.web)
-        CallbackRoutes(self.processor, self.providers, self.sessions, self.notifier).install(
-            self.web
-        )
+        CallbackRoutes(
+            self.processor, self.providers, self.sessions, self.notifier, self.metrics
+        ).install(self.web)
         if s.telegram_mode == "webhook":
             SimpleRequestHandler(
                 dispatcher=self.dp,
@@ -226,7 +243,26 @@ class BotApp:
                 backup=self._backup(),
             ),
             timezone=s.timezone,
+            on_success=self.metrics.job_succeeded,
         )
+        for client in (self.openrouter, *self.providers.values()):
+            observe_errors(client, self.metrics.external_error)
+        self._redis = self._redis_client()
+        OpsRoutes(
+            self.metrics,
+            self.sessions,
+            Readiness(
+                self.sessions,
+                scheduler_running=lambda: bool(self.scheduler.running),
+                telegram=self.metrics.telegram,
+                redis_ping=self._ping_redis if self._redis is not None else None,
+                outbox_stuck=timedelta(seconds=s.ready_outbox_stuck_seconds),
+                telegram_grace=timedelta(seconds=s.ready_telegram_grace_seconds),
+                timeout=s.ready_check_timeout_seconds,
+            ),
+            token=_secret(s.metrics_token),
+            timeout=s.ready_check_timeout_seconds,
+        ).install(self.web)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._polling: asyncio.Task[None] | None = None
@@ -242,6 +278,18 @@ class BotApp:
             log.warning("backup_dir_ignored reason=not_sqlite hint=back PostgreSQL up with pg_dump")
             return None
         return SqliteBackup(database, Path(s.backup_dir), s.backup_keep)
+
+    def _redis_client(self) -> Redis | None:
+        """For the readiness PING only (the FSM storage keeps its own connection)."""
+        if not self.settings.redis_url:
+            return None
+        from redis.asyncio import Redis
+
+        return Redis.from_url(self.settings.redis_url)
+
+    async def _ping_redis(self) -> None:
+        assert self._redis is not None
+        await self._redis.ping()
 
     def _storage(self) -> BaseStorage:
         if self.settings.redis_url:
@@ -316,6 +364,8 @@ class BotApp:
             self._runner = None
         await self.bot.session.close()
         await self.dp.storage.close()
+        if self._redis is not None:
+            await self._redis.aclose()
         await self.openrouter.aclose()
         for provider in self.providers.values():
             await provider.aclose()

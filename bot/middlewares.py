@@ -1,5 +1,6 @@
 """Per-update context (the buyer's row, created on first sight, and their translator) and
-the request middleware that keeps a late callback answer from aborting its handler."""
+the request middlewares: one keeps a late callback answer from aborting its handler, one
+watches every Telegram call for /metrics and /readyz."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from aiogram.client.session.middlewares.base import (
     BaseRequestMiddleware,
     NextRequestMiddlewareType,
 )
-from aiogram.exceptions import TelegramBadRequest
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 from aiogram.methods import AnswerCallbackQuery, Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import TelegramObject, Update, User
 
+from core.metrics import Metrics
 from locales import normalize_language, translator
 from services.logcontext import bind
 from services.users import UserService
@@ -96,3 +105,45 @@ class LateCallbackAnswers(BaseRequestMiddleware):
             )
             # The session returns the middleware chain's value as the method's result.
             return cast(Response[TelegramType], False)
+
+
+class TelegramWatch(BaseRequestMiddleware):
+    """Every call to Telegram (sends, polling, webhook setup) reports how it went: a 429
+    is counted for /metrics, and whether Telegram answered at all feeds /readyz. Any
+    answer, an error included, shows Telegram reachable and the token valid; no answer,
+    a 5xx or a 401 (token revoked) does not."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        seen = self.metrics.telegram
+        try:
+            response = await make_request(bot, method)
+        except TelegramRetryAfter:
+            self.metrics.telegram_429.labels(method=method.__api_method__).inc()
+            seen.ok()
+            raise
+        except TelegramNetworkError as exc:
+            self._unreachable("network", exc)
+            raise
+        except TelegramServerError as exc:
+            self._unreachable("server", exc)
+            raise
+        except TelegramUnauthorizedError as exc:
+            self._unreachable("unauthorized", exc)
+            raise
+        except TelegramAPIError:
+            seen.ok()  # Telegram answered (a 400, 403…): reachable
+            raise
+        seen.ok()
+        return response
+
+    def _unreachable(self, kind: str, exc: Exception) -> None:
+        self.metrics.telegram_errors.labels(kind=kind).inc()
+        self.metrics.telegram.failed(f"{kind}: {exc}"[:200])

@@ -98,6 +98,14 @@ class Settings(PaymentSettings):
     public_base_url: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
+    # /metrics and /readyz (processing/observe.py, processing/readiness.py).
+    metrics_token: SecretStr | None = None
+    # /readyz fails when a buyer's or admin's message has been due this long unsent…
+    ready_outbox_stuck_seconds: int = Field(default=300, ge=1)
+    # …or Telegram has not answered for this long (polling retries ride out a blip);
+    ready_telegram_grace_seconds: int = Field(default=120, ge=1)
+    # each check, and the database figures of a /metrics scrape, answer within this.
+    ready_check_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
     markup_percent: Decimal = Field(default=Decimal("20"), ge=0, le=1000)
     max_order_usd: Decimal = Field(default=Decimal("20"), gt=0)
@@ -177,6 +185,7 @@ class Settings(PaymentSettings):
         "openrouter_management_key",
         "public_base_url",
         "encryption_key",
+        "metrics_token",
         mode="before",
     )
     @classmethod

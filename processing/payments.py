@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
 from core.jsonutil import jsonable
+from core.metrics import Metrics
 from core.money import format_crypto, format_tokens, format_usd
 from db import repo
 from db.models import Order, OrderStatus, Payment
@@ -73,8 +74,10 @@ class AITokenPaymentProcessor:
         poll_concurrency: int = 5,
         stale_new: timedelta = STALE_NEW_ORDER,
         check_every: timedelta = timedelta(seconds=10),
+        metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
+        self.metrics = metrics or Metrics()
         self.providers = providers
         self.notifier = notifier
         self.on_paid = on_paid
@@ -256,7 +259,9 @@ class AITokenPaymentProcessor:
                 source,
                 late,
             )
-            return ApplyResult(Outcome.PAID, order.id, order.user_id)
+        # Counted once committed: a rolled-back confirmation confirmed nothing.
+        self.metrics.confirmed(status.provider, source)
+        return ApplyResult(Outcome.PAID, order.id, order.user_id)
 
     # ------------------------------------------------------------------ poll
     async def check_order(self, user_id: int, order_id: int) -> PaymentCheck:

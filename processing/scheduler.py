@@ -65,9 +65,14 @@ class Job:
     first_run: datetime | None = None  # None: the trigger's own first time
 
 
-def guarded(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+def guarded(
+    name: str,
+    job: Callable[[], Awaitable[Any]],
+    on_success: Callable[[str], None] | None = None,
+) -> Callable[[], Awaitable[None]]:
     """A failed run is logged and the next one tries again; nothing reaches APScheduler.
-    An unreachable service is expected weather (WARNING); anything else is a bug."""
+    An unreachable service is expected weather (WARNING); anything else is a bug. A run
+    that ends without an error is reported to ``on_success`` (/metrics shows its time)."""
 
     async def run() -> None:
         try:
@@ -76,6 +81,9 @@ def guarded(name: str, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaita
             log.warning("job_external_error job=%s error=%s", name, exc)
         except Exception:
             log.exception("job_failed job=%s", name)
+        else:
+            if on_success is not None:
+                on_success(name)
 
     return run
 
@@ -215,11 +223,16 @@ def _daily_summary(alerts: BuyerAlerts, summary_time: str) -> Job:
     )
 
 
-def build_scheduler(jobs: list[Job], *, timezone: str = "UTC") -> AsyncIOScheduler:
+def build_scheduler(
+    jobs: list[Job],
+    *,
+    timezone: str = "UTC",
+    on_success: Callable[[str], None] | None = None,
+) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=timezone, job_defaults=dict(JOB_DEFAULTS))
     for job in jobs:
         scheduler.add_job(
-            guarded(job.name, job.run),
+            guarded(job.name, job.run, on_success),
             job.trigger,
             id=job.name,
             name=job.name,

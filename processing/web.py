@@ -1,4 +1,4 @@
-"""The bot's HTTP server routes: provider callbacks and health.
+"""The bot's HTTP server routes: provider callbacks (health and metrics: observe.py).
 
 A callback is read with a size limit, verified (fail closed) and handed to the one
 confirm path. Unknown payments are acknowledged (2xx) so the provider stops retrying.
@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core.metrics import Metrics
 from processing.payments import AITokenPaymentProcessor, Outcome
 from services.errors import CallbackMalformed, CallbackRejected
 from services.notify import Notifier
@@ -45,18 +46,16 @@ class CallbackRoutes:
         providers: Mapping[str, PaymentProvider],
         sessions: async_sessionmaker[AsyncSession],
         notifier: Notifier,
+        metrics: Metrics | None = None,
     ) -> None:
         self.processor = processor
         self.providers = providers
         self.sessions = sessions
         self.notifier = notifier
+        self.metrics = metrics or Metrics()
 
     def install(self, app: web.Application) -> None:
         app.router.add_post(CALLBACK_ROUTE, self.callback)
-        app.router.add_get("/healthz", self.health)
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
 
     async def callback(self, request: web.Request) -> web.Response:
         name = request.match_info["provider"]
@@ -72,6 +71,7 @@ class CallbackRoutes:
             status = provider.verify_callback(raw, request.headers)
         except CallbackMalformed as exc:
             log.warning("callback_malformed provider=%s error=%s", name, exc)
+            self.metrics.rejected(name, "malformed")
             return web.json_response({"error": "malformed"}, status=400)
         except CallbackRejected as exc:
             return await self._reject(request, name, 401, exc.reason)
@@ -96,6 +96,7 @@ class CallbackRoutes:
         log.warning(
             "callback_rejected provider=%s reason=%s remote=%s", provider, reason, request.remote
         )
+        self.metrics.rejected(provider, reason)
         window = int(time.time() // REJECT_ALERT_WINDOW)
         async with self.sessions() as session, session.begin():
             await self.notifier.admin(

@@ -67,6 +67,8 @@ class JsonHttp:
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
+        # Told of every failed attempt (service, kind): the app counts them for /metrics.
+        self.on_error: Callable[[str, str], None] | None = None
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers or {},
@@ -103,10 +105,13 @@ class JsonHttp:
                         method, path, content=content, params=params, headers=send_headers
                     )
             except httpx.ConnectError as exc:
+                self._count("connect")
                 last = self.error_type(
                     self.service, f"{method} {path}: cannot connect: {exc}", transient=True
                 )
             except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as exc:
+                timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError)
+                self._count("timeout" if timed_out else "transport")
                 last = self.error_type(
                     self.service, f"{method} {path}: {type(exc).__name__}", transient=True
                 )
@@ -119,12 +124,14 @@ class JsonHttp:
                     try:
                         return parse_json(response.content)
                     except ValueError as exc:
+                        self._count("invalid_json")
                         raise self.error_type(
                             self.service,
                             f"{method} {path}: invalid JSON",
                             status=response.status_code,
                             body=response.text[:500],
                         ) from exc
+                self._count(f"http_{response.status_code}")
                 transient = response.status_code in RETRYABLE_STATUS
                 last = self.error_type(
                     self.service,
@@ -144,6 +151,18 @@ class JsonHttp:
                 await asyncio.sleep(delay)
         assert last is not None
         raise last
+
+    def _count(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error(self.service, kind)
+
+
+def observe_errors(client: object, on_error: Callable[[str, str], None]) -> None:
+    """Tell ``on_error`` of every failed call of each ``JsonHttp`` a client holds (a
+    provider or OpenRouter), without each client's constructor growing a parameter."""
+    for value in vars(client).values():
+        if isinstance(value, JsonHttp):
+            value.on_error = on_error
 
 
 def _error_message(response: httpx.Response) -> str:

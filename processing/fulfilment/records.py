@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from core.callbacks import MenuCb
 from core.clock import utcnow
+from core.metrics import Metrics
 from core.money import ceil_cents, format_tokens, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus
@@ -39,6 +40,7 @@ class AttemptRecords(LedgerReassert):
     """Part of ``Fulfilment``: one transaction per way an attempt ends."""
 
     notifier: Notifier
+    metrics: Metrics
     max_attempts: int
     retry_base: timedelta
     funds_recheck: timedelta
@@ -57,6 +59,7 @@ class AttemptRecords(LedgerReassert):
             await self._renew(session, user_id, token)
             order = await session.get(Order, order_id)
             assert order is not None
+            paid_at, delivered_at = order.paid_at, utcnow()
             await self._leave_fulfilling(
                 session,
                 order_id,
@@ -64,7 +67,7 @@ class AttemptRecords(LedgerReassert):
                 OrderStatus.DELIVERED,
                 kind="delivered",
                 detail={"key_hash": key_hash, "limit_usd": str(target)},
-                delivered_at=utcnow(),
+                delivered_at=delivered_at,
                 next_attempt_at=None,
                 last_error=None,
             )
@@ -119,6 +122,8 @@ class AttemptRecords(LedgerReassert):
         log.info(
             "delivered order=%s user=%s limit=%s new_key=%s", order_id, user_id, target, created
         )
+        if paid_at is not None:  # counted once committed
+            self.metrics.delivered((delivered_at - paid_at).total_seconds())
 
     async def _await_funds(
         self,

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
+from core.metrics import Metrics
 from db import repo
 from db.models import Order, OrderStatus
 from db.status import CLAIMABLE
@@ -51,8 +52,10 @@ class Fulfilment(AttemptRecords, KeyCreation):
         concurrency: int = 4,
         funds_ttl: float = 10.0,
         funds_lease: timedelta = timedelta(seconds=45),
+        metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
+        self.metrics = metrics or Metrics()
         self.openrouter = openrouter
         self.vault = vault
         self.notifier = notifier
