@@ -99,6 +99,7 @@ class BotApp:
             self.admin_chat,
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
+            topics=s.admin_topics,
         )
         self.users = UserService(self.sessions, self.catalog, self.pricing)
         self.orders = OrderService(

@@ -277,9 +277,12 @@ class TelegramControl(ControlClient):
         )
         return result
 
-    async def create_topic(self, chat_id: int, name: str) -> int:
+    async def create_topic(self, chat_id: int, name: str, thread_id: int | None = None) -> int:
         """Open a topic in a forum supergroup; returns its ``message_thread_id``."""
-        result = await self._json("POST", f"/control/chats/{chat_id}/topics", body={"name": name})
+        body: dict[str, Any] = {"name": name}
+        if thread_id is not None:
+            body["message_thread_id"] = thread_id
+        result = await self._json("POST", f"/control/chats/{chat_id}/topics", body=body)
         return int(result["message_thread_id"])
 
     async def delete_topic(self, chat_id: int, thread_id: int) -> None:

@@ -118,9 +118,10 @@ class SimulatedUsers(UpdateDelivery):
         return json_response(chat.to_api())
 
     async def _control_create_topic(self, request: web.Request) -> web.Response:
-        """A forum topic opened by a member (``{name}``). As Telegram, its
-        ``message_thread_id`` is the id of the message that created it, so it is taken
-        from the chat's message ids. The creation service message is not stored."""
+        """A forum topic opened by a member (``{name, message_thread_id?}``). As Telegram,
+        its ``message_thread_id`` is the id of the message that created it, so it is taken
+        from the chat's message ids (a test may choose it, as it may choose a migrated
+        group's new id). The creation service message is not stored."""
         chat = self.chats.get(as_int(request.match_info["chat_id"]) or 0)
         if chat is None or chat.type != "supergroup" or not chat.is_forum:
             return control_error(400, "only a registered supergroup with is_forum")
@@ -128,8 +129,10 @@ class SimulatedUsers(UpdateDelivery):
         name = str(body.get("name") or "").strip()
         if not 1 <= len(name) <= 128:
             return control_error(400, "need a topic name of 1-128 characters")
-        thread = max(chat.next_message_id, 2)  # 1 is the General topic
-        chat.next_message_id = thread + 1
+        thread = as_int(body.get("message_thread_id")) or max(chat.next_message_id, 2)
+        if thread <= 1 or thread in chat.topics:  # 1 is the General topic
+            return control_error(409, "message_thread_id is taken")
+        chat.next_message_id = max(chat.next_message_id, thread + 1)
         chat.topics[thread] = name
         return json_response({"message_thread_id": thread, "name": name})
 
