@@ -19,10 +19,8 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.exceptions import TelegramAPIError
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
-from aiogram.types import BotCommand
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
@@ -32,13 +30,13 @@ from bot.middlewares import (
     TelegramWatch,
     UserContextMiddleware,
 )
+from bot.profile import BotProfile
 from bot.settings import ConfigError, Settings
 from core.callbacks import AdminFundsCb, AdminOrderCb
 from core.metrics import Metrics
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
-from locales import LANGUAGES, translator
 from processing.admin_ops import AdminOps
 from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
@@ -70,7 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
-COMMANDS = ("start", "buy", "quota", "orders", "settings", "lang", "help", "cancel")
 
 
 def _secret(value: object) -> str | None:
@@ -113,6 +110,7 @@ class BotApp:
             self.admin_chat,
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
+            topics=s.admin_topics,
         )
         self.users = UserService(self.sessions, self.catalog, self.pricing)
         self.orders = OrderService(
@@ -183,6 +181,7 @@ class BotApp:
             session=AiohttpSession(api=TelegramAPIServer.from_base(s.telegram_api_base)),
             default=DefaultBotProperties(parse_mode=ParseMode.HTML),
         )
+        self.profile = BotProfile(self.bot, self.admin_chat)
         self.dp = Dispatcher(
             storage=self._storage(),
             settings=s,
@@ -311,7 +310,7 @@ class BotApp:
         self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web_port
         self.scheduler.start()
         self._spawn(self.outbox.run_forever(idle=self._outbox_idle))
-        await self._set_commands()
+        await self.profile.apply()
         if self.settings.telegram_mode == "webhook":
             if not self.settings.telegram_webhook_url:
                 # setWebhook with an empty url REMOVES the webhook, silently: refuse.
@@ -376,16 +375,3 @@ class BotApp:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _set_commands(self) -> None:
-        try:
-            for language in LANGUAGES:
-                t = translator(language)
-                commands = [
-                    BotCommand(command=c, description=t.plain(f"commands.{c}")) for c in COMMANDS
-                ]
-                await self.bot.set_my_commands(
-                    commands, language_code=None if language == "en" else language
-                )
-        except TelegramAPIError as exc:
-            log.warning("set_commands_failed error=%s", exc)

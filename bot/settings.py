@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from services.admin_topics import AlertCategory
 from services.config import empty_is_unset, http_url
 from services.openrouter import (
     LEASE_MARGIN_SECONDS,
@@ -84,6 +85,13 @@ class Settings(PaymentSettings):
     telegram_webhook_secret: SecretStr | None = None
     admin_chat_id: int | None = None
     admin_ids: CsvInts = Field(default_factory=list)
+    # Forum topics (message_thread_id) of the admin group per alert category
+    # (services/admin_topics.py); unset = the group itself.
+    admin_topic_payments: int | None = None
+    admin_topic_funds: int | None = None
+    admin_topic_failures: int | None = None
+    admin_topic_security: int | None = None
+    admin_topic_reports: int | None = None
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
     redis_url: str | None = None
@@ -203,6 +211,20 @@ class Settings(PaymentSettings):
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value.strip())
 
+    @field_validator(
+        "admin_topic_payments",
+        "admin_topic_funds",
+        "admin_topic_failures",
+        "admin_topic_security",
+        "admin_topic_reports",
+    )
+    @classmethod
+    def _topic(cls, value: int | None) -> int | None:
+        # Telegram refuses message_thread_id=1 (the General topic) for sendMessage.
+        if value is not None and value <= 1:
+            raise ValueError("1 is the General topic: leave it unset to post there")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -274,6 +296,14 @@ class Settings(PaymentSettings):
         if value is not None and value.get_secret_value().strip():
             parse_keys(value.get_secret_value())
         return value
+
+    @property
+    def admin_topics(self) -> dict[AlertCategory, int]:
+        """The configured forum topic of each alert category (missing: the group)."""
+        topics = {
+            category: getattr(self, f"admin_topic_{category.value}") for category in AlertCategory
+        }
+        return {category: thread for category, thread in topics.items() if thread is not None}
 
     @property
     def markup_rate(self) -> Decimal:

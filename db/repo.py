@@ -111,6 +111,7 @@ async def add_outbox(
     dedupe_key: str | None,
     kind: str = "text",
     payload: dict[str, Any] | None = None,
+    category: str | None = None,
 ) -> None:
     """Queue a message; a second write with the same dedupe key does nothing."""
     now = utcnow()
@@ -119,6 +120,7 @@ async def add_outbox(
         "kind": kind,
         "text": text,
         "payload": payload,
+        "category": category,
         "dedupe_key": dedupe_key,
         "status": OutboxStatus.PENDING.value,
         "attempts": 0,

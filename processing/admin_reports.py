@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
 from core.money import format_usd
-from db import repo
 from db.models import OutboxMessage
 from locales import Translator, translator
 from processing.admin_ops import AdminOps, Balance
 from services.admin_ledger import AdminLedger, Period, Stats, days_period
+from services.admin_topics import AlertCategory
 from services.errors import ExternalError
 from services.notify import Notifier
 
@@ -131,11 +131,11 @@ class AdminReports:
             ]
         )
         async with self.sessions() as session, session.begin():
-            if self.notifier.admin_chat_id is None:
-                return False
-            await repo.add_outbox(
-                session, chat_id=self.notifier.admin_chat_id, text=text, dedupe_key=dedupe
+            queued = await self.notifier.admin_text(
+                session, text, dedupe=dedupe, category=AlertCategory.REPORTS
             )
+        if not queued:
+            return False
         log.info("report_queued key=%s", dedupe)
         return True
 

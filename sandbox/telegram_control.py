@@ -277,6 +277,17 @@ class TelegramControl(ControlClient):
         )
         return result
 
+    async def create_topic(self, chat_id: int, name: str, thread_id: int | None = None) -> int:
+        """Open a topic in a forum supergroup; returns its ``message_thread_id``."""
+        body: dict[str, Any] = {"name": name}
+        if thread_id is not None:
+            body["message_thread_id"] = thread_id
+        result = await self._json("POST", f"/control/chats/{chat_id}/topics", body=body)
+        return int(result["message_thread_id"])
+
+    async def delete_topic(self, chat_id: int, thread_id: int) -> None:
+        await self._request("DELETE", f"/control/chats/{chat_id}/topics/{thread_id}")
+
     async def block(self, user_id: int, blocked: bool = True, *, reason: str = "blocked") -> None:
         """``reason`` "blocked" (user blocked the bot) or "deactivated" (account deleted)."""
         await self._request(

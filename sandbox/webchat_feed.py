@@ -69,16 +69,23 @@ class ChatFeed:
                     await task
 
     async def commands(self, language: str) -> list[dict[str, str]]:
-        """The command menu the bot registered (setMyCommands) for ``language``."""
+        """The command menu a buyer's private chat shows for ``language``: what the bot
+        registered (setMyCommands) for private chats, else for the default scope."""
         response = await self._http.get("/control/state")
         response.raise_for_status()
-        by_language = {
-            entry.get("language_code") or "": entry["commands"]
-            for entry in response.json().get("commands", [])
-            if (entry.get("scope") or {}).get("type", "default") == "default"
-        }
-        commands: list[dict[str, str]] = by_language.get(language) or by_language.get("") or []
-        return commands
+        entries = response.json().get("commands", [])
+        # Telegram's order: the narrower scope first, in the user's language or else
+        # without one; then the next scope.
+        for scope in ("all_private_chats", "default"):
+            by_language = {
+                entry.get("language_code") or "": entry["commands"]
+                for entry in entries
+                if (entry.get("scope") or {}).get("type", "default") == scope
+            }
+            commands: list[dict[str, str]] = by_language.get(language) or by_language.get("") or []
+            if commands:
+                return commands
+        return []
 
     async def file(self, file_id: str) -> tuple[bytes, str] | None:
         response = await self._http.get(f"/control/files/{file_id}")

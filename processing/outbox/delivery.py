@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
+import logging
 from typing import Any
 
 from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,6 +16,11 @@ from db.models import OutboxMessage
 from services.message_text import split_html
 from services.notify import API_KEY_SLOT
 from services.vault import KeyVault
+
+log = logging.getLogger(__name__)
+
+# Telegram's answer to a message_thread_id it does not know (a deleted topic among them).
+TOPIC_GONE = "message thread not found"
 
 
 class Delivery:
@@ -32,9 +39,31 @@ class Delivery:
         # A long report goes as several messages (buttons under the last). A failure
         # part-way resends the earlier parts too: at-least-once, as for any message.
         parts = split_html(text)
+        thread = payload.get("message_thread_id")
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
-            await self.bot.send_message(row.chat_id, part, reply_markup=markup if last else None)
+            reply_markup = markup if last else None
+            try:
+                await self.bot.send_message(
+                    row.chat_id, part, reply_markup=reply_markup, message_thread_id=thread
+                )
+            except TelegramBadRequest as exc:
+                if thread is None or TOPIC_GONE not in str(exc).lower():
+                    raise
+                # Someone deleted the topic (or ADMIN_TOPIC_* names a wrong one): an alert
+                # in the group itself is better than none. Said in the log each time, so
+                # the operator fixes the setting.
+                log.warning(
+                    "admin_topic_missing chat=%s thread=%s category=%s outbox=%s: "
+                    "sent to the group itself; check ADMIN_TOPIC_%s",
+                    row.chat_id,
+                    thread,
+                    row.category,
+                    row.id,
+                    (row.category or "?").upper(),
+                )
+                thread = None
+                await self.bot.send_message(row.chat_id, part, reply_markup=reply_markup)
 
     async def _secret_key(self, payload: dict[str, Any]) -> str:
         user_id = int(payload["secret_key_of"])

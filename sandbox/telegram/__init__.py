@@ -44,6 +44,16 @@ Test steering lives under ``/control/`` (JSON, never faulted, never in the event
   delivered as updates. From then on every call naming the old id answers 400 "group chat
   was upgraded to a supergroup chat" with ``parameters.migrate_to_chat_id``, as Telegram
   does (aiogram: TelegramMigrateToChat)
+- ``POST /control/chats/{chat_id}/topics`` ``{name, message_thread_id?}`` ->
+  ``{message_thread_id, name}``: a topic opened in a forum supergroup;
+  ``DELETE /control/chats/{chat_id}/topics/{thread_id}`` deletes it. sendMessage,
+  sendPhoto and sendDocument take ``message_thread_id`` of an open topic; a deleted or
+  unknown topic, the General topic (1), or a chat without topics answers 400 "message
+  thread not found", as Telegram does
+- setMyCommands keeps one list per (scope, language): scopes are checked as Telegram does
+  (a chat scope naming an unknown chat is "chat not found"); descriptions are kept per
+  language within Telegram's 512 / 120 characters. ``GET /control/state`` lists both
+  (``commands``, ``bot_texts``) and each chat's open ``topics``
 - ``GET /control/state``, ``POST /control/reset``, ``POST|GET|DELETE /control/faults``
 - ``POST /control/limits`` ``{enforce, global_per_second?, per_chat_per_second?,
   per_chat_burst?, group_per_minute?, group_window?, retry_after?}`` -> the limits now in

@@ -26,6 +26,20 @@ from sandbox.telegram.limits import MAX_CAPTION_LENGTH, MAX_POLL_TIMEOUT, MAX_TE
 from sandbox.telegram.model import ApiHandler, CallContext, Chat, Webhook
 from sandbox.telegram.params import as_int
 
+COMMAND_SCOPES = frozenset(
+    {
+        "default",
+        "all_private_chats",
+        "all_group_chats",
+        "all_chat_administrators",
+        "chat",
+        "chat_administrators",
+        "chat_member",
+    }
+)
+# Bot API limits of setMyDescription / setMyShortDescription (0-512 / 0-120 characters).
+BOT_TEXT_LIMITS = {"name": 64, "description": 512, "short_description": 120}
+
 CHAT_ACTIONS = frozenset(
     {
         "typing",
@@ -137,7 +151,9 @@ class BotApiMethods(UpdateDelivery):
             raise bad_request("message is too long")
         markup = self._checked_markup(params)
         reply_to = self._reply_target(chat, params)
+        thread = self._thread_target(chat, params)
         message = self._new_message(chat, from_bot=True, sender=self._bot_user())
+        message.message_thread_id = thread
         message.text, message.plain, message.entities = text, plain, entities
         message.parse_mode = params.get("parse_mode")
         message.reply_markup, message.reply_to = markup, reply_to
@@ -160,8 +176,10 @@ class BotApiMethods(UpdateDelivery):
                 raise bad_request("message caption is too long")
         markup = self._checked_markup(params)
         reply_to = self._reply_target(chat, params)
+        thread = self._thread_target(chat, params)
         stored = self._resolve_file(params.get(kind), kind)
         message = self._new_message(chat, from_bot=True, sender=self._bot_user())
+        message.message_thread_id = thread
         message.caption, message.plain, message.entities = caption, plain, entities
         message.parse_mode = params.get("parse_mode")
         message.reply_markup, message.reply_to = markup, reply_to
@@ -279,10 +297,22 @@ class BotApiMethods(UpdateDelivery):
         query.answered_at = time.time()
         return True
 
-    @staticmethod
-    def _commands_key(params: Mapping[str, Any]) -> tuple[str, str]:
+    def _commands_key(self, params: Mapping[str, Any]) -> tuple[str, str]:
+        """The scope (checked as Telegram does, ids made numbers) and language a command
+        list is kept under."""
         scope = params.get("scope") or {"type": "default"}
-        return dumps(scope), str(params.get("language_code") or "")
+        if not isinstance(scope, dict) or scope.get("type") not in COMMAND_SCOPES:
+            raise bad_request("can't parse BotCommandScope")
+        kind = scope["type"]
+        key: dict[str, Any] = {"type": kind}
+        if kind in ("chat", "chat_administrators", "chat_member"):
+            key["chat_id"] = self._chat_for(scope, check_blocked=False).id
+        if kind == "chat_member":
+            user_id = as_int(scope.get("user_id"))
+            if user_id is None or user_id not in self.users:
+                raise bad_request("user not found")
+            key["user_id"] = user_id
+        return dumps(key), str(params.get("language_code") or "")
 
     async def _set_my_commands(self, params: dict[str, Any], ctx: CallContext) -> bool:
         commands = params.get("commands")
@@ -372,6 +402,9 @@ class BotApiMethods(UpdateDelivery):
         async def setter(params: dict[str, Any], ctx: CallContext) -> bool:
             key = (field_name, str(params.get("language_code") or ""))
             value = params.get(field_name)
+            # The wording of this refusal is ours; the limits are the documented ones.
+            if value and len(str(value)) > BOT_TEXT_LIMITS[field_name]:
+                raise bad_request(f"{field_name} is too long")
             if value:
                 self.bot_texts[key] = str(value)
             else:

@@ -115,6 +115,10 @@ class ControlRoutes(UpdateDelivery):
                 {
                     **chat.to_api(),
                     "messages": len(self.messages.get(chat.id, {})),
+                    "topics": [
+                        {"message_thread_id": thread, "name": name}
+                        for thread, name in chat.topics.items()
+                    ],
                     "blocked": user.block_reason if user else None,
                 }
             )
@@ -133,6 +137,10 @@ class ControlRoutes(UpdateDelivery):
                 "commands": [
                     {"scope": loads(scope), "language_code": lang, "commands": commands}
                     for (scope, lang), commands in self.commands.items()
+                ],
+                "bot_texts": [
+                    {"field": field_name, "language_code": lang, "value": value}
+                    for (field_name, lang), value in self.bot_texts.items()
                 ],
                 "seq": self._seq,
             }

@@ -115,6 +115,10 @@ class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers):
         c = "/control"
         app.router.add_post(f"{c}/chats", self._control_register_chat)
         app.router.add_post(f"{c}/chats/{{chat_id}}/upgrade", self._control_upgrade_chat)
+        app.router.add_post(f"{c}/chats/{{chat_id}}/topics", self._control_create_topic)
+        app.router.add_delete(
+            f"{c}/chats/{{chat_id}}/topics/{{thread_id}}", self._control_delete_topic
+        )
         app.router.add_get(f"{c}/chats/{{chat_id}}/messages", self._control_messages)
         app.router.add_get(f"{c}/chats/{{chat_id}}/wait", self._control_chat_wait)
         app.router.add_post(f"{c}/updates/message", self._control_message)

@@ -32,6 +32,9 @@ class Chat:
     is_forum: bool = False
     next_message_id: int = 1
     migrated_to: int | None = None  # a basic group upgraded to this supergroup
+    # A forum supergroup's open topics: message_thread_id -> name. The General topic
+    # (id 1) is not one of them: Telegram refuses message_thread_id=1 in sendMessage.
+    topics: dict[int, str] = field(default_factory=dict)
 
     def to_api(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -97,6 +100,7 @@ class StoredMessage:
     document: dict[str, Any] | None = None
     reply_markup: dict[str, Any] | None = None
     reply_to: int | None = None
+    message_thread_id: int | None = None  # the forum topic it was sent to
     edited: int = 0
     edit_date: int | None = None
     deleted: bool = False
@@ -118,6 +122,9 @@ class StoredMessage:
             body["sender_chat"] = self.sender_chat
         if self.edit_date is not None:
             body["edit_date"] = self.edit_date
+        if self.message_thread_id is not None:
+            body["message_thread_id"] = self.message_thread_id
+            body["is_topic_message"] = True
         if reply_to is not None:
             body["reply_to_message"] = reply_to.to_api(chat)
         if self.service is not None:
@@ -160,6 +167,7 @@ class StoredMessage:
             "buttons": inline_buttons(self.reply_markup),
             "reply_markup": self.reply_markup,
             "reply_to_message_id": self.reply_to,
+            "message_thread_id": self.message_thread_id,
             "edited": self.edited,
             "deleted": self.deleted,
             "date": self.date,

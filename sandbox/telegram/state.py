@@ -226,6 +226,18 @@ class EmulatorState:
             reply_to = self.messages.get(chat.id, {}).get(message.reply_to)
         return message.to_api(chat, reply_to)
 
+    def _thread_target(self, chat: Chat, params: Mapping[str, Any]) -> int | None:
+        """The forum topic a message goes to. As Telegram: a topic that was deleted or
+        never existed, or the General topic (1) is 400 "message thread not found"; so is a
+        thread in a chat without topics (comment threads are not modelled); a private
+        chat ignores the parameter."""
+        thread = as_int(params.get("message_thread_id"))
+        if thread is None or chat.type == "private":
+            return None
+        if chat.is_forum and thread in chat.topics:
+            return thread
+        raise bad_request("message thread not found")
+
     def _reply_target(self, chat: Chat, params: Mapping[str, Any]) -> int | None:
         reply = params.get("reply_parameters")
         if isinstance(reply, dict) and reply.get("message_id") is not None:

@@ -117,6 +117,39 @@ class SimulatedUsers(UpdateDelivery):
             self.chats[chat_id] = chat
         return json_response(chat.to_api())
 
+    async def _control_create_topic(self, request: web.Request) -> web.Response:
+        """A forum topic opened by a member (``{name, message_thread_id?}``). As Telegram,
+        its ``message_thread_id`` is the id of the message that created it, so it is taken
+        from the chat's message ids (a test may choose it, as it may choose a migrated
+        group's new id). The creation service message is not stored."""
+        chat = self.chats.get(as_int(request.match_info["chat_id"]) or 0)
+        if chat is None or chat.type != "supergroup" or not chat.is_forum:
+            return control_error(400, "only a registered supergroup with is_forum")
+        body = await json_body(request)
+        name = str(body.get("name") or "").strip()
+        if not 1 <= len(name) <= 128:
+            return control_error(400, "need a topic name of 1-128 characters")
+        thread = as_int(body.get("message_thread_id")) or max(chat.next_message_id, 2)
+        if thread <= 1 or thread in chat.topics:  # 1 is the General topic
+            return control_error(409, "message_thread_id is taken")
+        chat.next_message_id = max(chat.next_message_id, thread + 1)
+        chat.topics[thread] = name
+        return json_response({"message_thread_id": thread, "name": name})
+
+    async def _control_delete_topic(self, request: web.Request) -> web.Response:
+        """A member deletes a topic: its messages go with it, and sending to it is then
+        refused with "message thread not found"."""
+        chat = self.chats.get(as_int(request.match_info["chat_id"]) or 0)
+        thread = as_int(request.match_info["thread_id"])
+        if chat is None or thread not in chat.topics:
+            return control_error(404, "no such topic")
+        del chat.topics[thread]
+        for message in self.messages.get(chat.id, {}).values():
+            if message.message_thread_id == thread:
+                message.deleted = True
+        self._notify()
+        return json_response({"ok": True})
+
     async def _control_upgrade_chat(self, request: web.Request) -> web.Response:
         """A basic group becomes a supergroup under a new id (what an owner's "upgrade",
         or turning on a forum or a public link, does). The old id stays answering 400.
