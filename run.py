@@ -110,10 +110,8 @@ async def _run_sandbox(demo: bool, started_at: float) -> int:
             print(f"  Telegram emulator control: {sandbox.telegram_url}/control/state")
             print(f"  OpenRouter emulator:       {sandbox.openrouter_url}/control/keys")
             print(f"  KryptoExpress emulator:    {sandbox.kryptoexpress_url}/control/payments")
-            print(
-                f"  Bot HTTP server:           http://{settings.web_host}:{app.web_port}/healthz",
-                flush=True,
-            )
+            bot_http = f"http://{settings.web_host}:{app.web_port}"
+            print(f"  Bot readiness and metrics: {bot_http}/readyz  {bot_http}/metrics", flush=True)
             await _until_stopped()
         finally:
             await stack.aclose()
