@@ -32,7 +32,7 @@ from core.callbacks import AdminFundsCb, AdminOrderCb
 from db.engine import create_engine, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
-from locales import LANGUAGES, translator
+from locales import LANGUAGES, telegram_code, translator
 from processing.admin_ops import AdminOps
 from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
@@ -97,6 +97,7 @@ class BotApp:
         self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
             self.admin_chat,
+            s.admin_language,
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
         )
@@ -335,7 +336,8 @@ class BotApp:
                     BotCommand(command=c, description=t.plain(f"commands.{c}")) for c in COMMANDS
                 ]
                 await self.bot.set_my_commands(
-                    commands, language_code=None if language == "en" else language
+                    commands,
+                    language_code=None if language == "en" else telegram_code(language),
                 )
         except TelegramAPIError as exc:
             log.warning("set_commands_failed error=%s", exc)

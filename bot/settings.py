@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from locales import DEFAULT_LANGUAGE, LANGUAGES
 from services.config import empty_is_unset, http_url
 from services.openrouter import (
     LEASE_MARGIN_SECONDS,
@@ -84,6 +85,9 @@ class Settings(PaymentSettings):
     telegram_webhook_secret: SecretStr | None = None
     admin_chat_id: int | None = None
     admin_ids: CsvInts = Field(default_factory=list)
+    # Language of alerts, reports and admin commands (one of locales.LANGUAGES): the
+    # admins read one language whatever their own Telegram app speaks.
+    admin_language: str = DEFAULT_LANGUAGE
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
     redis_url: str | None = None
@@ -193,6 +197,15 @@ class Settings(PaymentSettings):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value.strip())
+
+    @field_validator("admin_language")
+    @classmethod
+    def _admin_language(cls, value: str) -> str:
+        by_lower = {language.lower(): language for language in LANGUAGES}
+        language = by_lower.get(value.strip().lower())
+        if language is None:
+            raise ValueError(f"must be one of {', '.join(LANGUAGES)}")
+        return language
 
     @field_validator("database_url")
     @classmethod

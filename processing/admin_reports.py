@@ -21,7 +21,7 @@ from core.clock import utcnow
 from core.money import format_usd
 from db import repo
 from db.models import OutboxMessage
-from locales import Translator, translator
+from locales import Phrase, Translator, translator
 from processing.admin_ops import AdminOps, Balance
 from services.admin_ledger import AdminLedger, Period, Stats, days_period
 from services.errors import ExternalError
@@ -171,5 +171,5 @@ def balance_text(t: Translator, balance: Balance) -> str:
         available=format_usd(balance.available),
         committed=format_usd(balance.committed),
         headroom=format_usd(balance.headroom),
-        keys=balance.keys,
+        keys=Phrase("unit.keys", count=balance.keys),
     )

@@ -47,7 +47,7 @@ async def test_quota_figures_equal_openrouter_with_runway(tmp_path: Path) -> Non
             "this month $0.35",
             "▓▓░░░░░░░░ 21% used",
             "≈ 86,666 tokens of anthropic/claude-3-sonnet",
-            "this lasts ≈ 26.0 days",
+            "this lasts ≈ 26 days",
         ):
             assert fragment in screen["plain"], (fragment, screen["plain"])
 
