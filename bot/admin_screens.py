@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from core.money import format_crypto, format_tokens, format_usd
+from core.money import format_crypto, format_usd
 from db.models import OrderStatus
 from db.status import SETTLED
-from locales import Translator
+from locales import Phrase, Translator
 from processing.admin_ops import Balance, Reconciliation, mismatch_text
 from processing.admin_reports import balance_text, stats_text
 from processing.fulfilment import FundsRecheck
@@ -50,8 +50,8 @@ def render_reconciliation(t: Translator, report: Reconciliation) -> str:
     lines: list[str] = [
         t(
             "admin_cmd.reconcile_title",
-            orders=report.orders_checked,
-            keys=report.keys_checked,
+            orders=Phrase("unit.payments", count=report.orders_checked),
+            keys=Phrase("unit.keys", count=report.keys_checked),
         )
     ]
     if report.mismatches:
@@ -83,7 +83,7 @@ def render_order(t: Translator, dossier: OrderDossier, timezone: str) -> str:
             status=order.status,
             user=who,
             model=order.model,
-            tokens=format_tokens(order.tokens),
+            tokens=Phrase("unit.tokens", count=order.tokens),
             base=format_usd(order.base_usd),
             markup=format_usd(order.markup_usd),
             total=format_usd(order.total_usd),

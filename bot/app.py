@@ -108,6 +108,7 @@ class BotApp:
         self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
             self.admin_chat,
+            s.admin_language,
             order_button=lambda order_id: AdminOrderCb(order_id=order_id).pack(),
             recheck_button=AdminFundsCb(action="recheck").pack(),
             topics=s.admin_topics,

@@ -17,8 +17,8 @@ from core.callbacks import (
     QuoteCb,
     SettingsCb,
 )
-from core.money import format_tokens, format_usd
-from locales import Translator
+from core.money import format_usd
+from locales import LANGUAGE_NAMES, LANGUAGES, Phrase, Translator
 from services.preferences import Preference, Preferences
 from services.pricing import ModelPrice, Package
 
@@ -42,7 +42,7 @@ def packages(t: Translator, model: ModelPrice, items: list[Package]) -> InlineKe
             text=t.plain(
                 "buy.package_button",
                 name=t.plain(f"package.{item.name}"),
-                tokens=format_tokens(item.quote.tokens),
+                tokens=Phrase("unit.tokens", count=item.quote.tokens),
                 price=format_usd(item.quote.total_usd),
             ),
             callback_data=PackageCb(tokens=item.quote.tokens),
@@ -95,8 +95,9 @@ def payment(t: Translator, order_id: int) -> InlineKeyboardMarkup:
 
 def languages(t: Translator) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
-    kb.button(text="English", callback_data=LangCb(code="en"))
-    kb.button(text="Русский", callback_data=LangCb(code="ru"))
+    # Each language by its own name: a buyer who can't read the current one finds theirs.
+    for code in LANGUAGES:
+        kb.button(text=LANGUAGE_NAMES[code], callback_data=LangCb(code=code))
     kb.adjust(2)
     return kb.as_markup()
 

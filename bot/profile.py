@@ -28,7 +28,7 @@ from aiogram.types import (
     BotCommandScopeUnion,
 )
 
-from locales import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
+from locales import DEFAULT_LANGUAGE, LANGUAGES, Translator, telegram_code, translator
 from services.admin_chat import AdminChat
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class BotProfile:
         """Bring Telegram's copy of the profile in line with the catalogues."""
         for language in LANGUAGES:
             t = translator(language)
-            code = None if language == DEFAULT_LANGUAGE else language
+            code = None if language == DEFAULT_LANGUAGE else telegram_code(language)
             buyer = _commands(t, "commands", BUYER_COMMANDS)
             steps: list[tuple[str, Coroutine[Any, Any, None]]] = [
                 ("private_commands", self._commands(BotCommandScopeAllPrivateChats(), buyer, code))

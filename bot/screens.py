@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from core.clock import format_utc, utcnow
 from core.money import format_crypto, format_tokens, format_usd
-from locales import Markup, Translator
+from locales import Markup, Phrase, Translator
 from processing.payments import PaymentCheck
 from services.orders import OrderView, QuoteView
 from services.pricing import Bounds, ModelPrice
@@ -23,7 +23,7 @@ def packages(t: Translator, model: ModelPrice, bounds: Bounds | None) -> str:
         text += "\n\n" + t(
             "buy.range",
             min_tokens=format_tokens(bounds.min_tokens),
-            max_tokens=format_tokens(bounds.max_tokens),
+            max_tokens=Phrase("unit.tokens", count=bounds.max_tokens),
             min_total=format_usd(bounds.min_total),
             max_total=format_usd(bounds.max_total),
         )
@@ -94,7 +94,7 @@ def order_line(t: Translator, order: OrderView) -> str:
     return t(
         "orders.line",
         order_id=order.id,
-        tokens=format_tokens(order.tokens),
+        tokens=Phrase("unit.tokens", count=order.tokens),
         model=order.model,
         total=format_usd(order.total_usd),
         status=t(f"status.{order.status.value}"),
@@ -110,7 +110,7 @@ def orders(t: Translator, items: list[OrderView]) -> str:
 
 def quota(t: Translator, q: QuotaView) -> str:
     tokens = (
-        t("quota.tokens", tokens=format_tokens(q.remaining_tokens), model=q.model)
+        t("quota.tokens", tokens=Phrase("unit.tokens", count=q.remaining_tokens), model=q.model)
         if q.remaining_tokens is not None
         else ""
     )
@@ -126,7 +126,9 @@ def quota(t: Translator, q: QuotaView) -> str:
         daily=format_usd(q.usage_daily),
         weekly=format_usd(q.usage_weekly),
         monthly=format_usd(q.usage_monthly),
-        runway=t("quota.no_usage") if runway is None else t("quota.runway", days=f"{runway:,}"),
+        runway=t("quota.no_usage")
+        if runway is None
+        else t("quota.runway", days=Phrase("unit.days", count=runway)),
         stale=t("quota.stale", age=age(t, utcnow() - q.as_of)) if q.stale else "",
     )
 
@@ -134,5 +136,5 @@ def quota(t: Translator, q: QuotaView) -> str:
 def age(t: Translator, delta: timedelta) -> str:
     minutes = max(1, int(delta.total_seconds() // 60))
     if minutes < 120:
-        return t("quota.minutes", n=minutes)
-    return t("quota.hours", n=minutes // 60)
+        return t("quota.minutes", count=minutes)
+    return t("quota.hours", count=minutes // 60)

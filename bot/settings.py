@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from locales import DEFAULT_LANGUAGE, LANGUAGES
 from services.admin_topics import AlertCategory
 from services.config import empty_is_unset, http_url
 from services.openrouter import (
@@ -92,6 +93,9 @@ class Settings(PaymentSettings):
     admin_topic_failures: int | None = None
     admin_topic_security: int | None = None
     admin_topic_reports: int | None = None
+    # Language of alerts, reports and admin commands (one of locales.LANGUAGES): the
+    # admins read one language whatever their own Telegram app speaks.
+    admin_language: str = DEFAULT_LANGUAGE
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
     redis_url: str | None = None
@@ -224,6 +228,15 @@ class Settings(PaymentSettings):
         if value is not None and value <= 1:
             raise ValueError("1 is the General topic: leave it unset to post there")
         return value
+
+    @field_validator("admin_language")
+    @classmethod
+    def _admin_language(cls, value: str) -> str:
+        by_lower = {language.lower(): language for language in LANGUAGES}
+        language = by_lower.get(value.strip().lower())
+        if language is None:
+            raise ValueError(f"must be one of {', '.join(LANGUAGES)}")
+        return language
 
     @field_validator("database_url")
     @classmethod

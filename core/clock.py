@@ -9,6 +9,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def format_utc(moment: datetime | None) -> str:
+class Moment(str):
+    """A moment written in English (``2026-03-05 14:07 UTC``) that keeps its value, so a
+    template of another language rewrites it in that language (locales.Translator)."""
+
+    moment: datetime | None
+
+    def __new__(cls, moment: datetime | None) -> Moment:
+        text = super().__new__(cls, moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—")
+        text.moment = moment
+        return text
+
+
+def format_utc(moment: datetime | None) -> Moment:
     """How deadlines are written to buyers: minutes, UTC named."""
-    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+    return Moment(moment)

@@ -48,15 +48,44 @@ def to_decimal(value: object) -> Decimal:
     raise ValueError(f"not an amount (parse JSON with parse_float=Decimal): {value!r}")
 
 
-def format_usd(amount: Decimal) -> str:
-    """$1,234.56 — always two places."""
-    return f"${amount.quantize(CENT):,}"
+class Usd(str):
+    """A USD amount, written in English (``$1,234.56``, always two places) and keeping
+    its value, so a template of another language rewrites it (locales.Translator)."""
+
+    amount: Decimal
+
+    def __new__(cls, amount: Decimal) -> Usd:
+        text = super().__new__(cls, f"${amount.quantize(CENT):,}")
+        text.amount = amount
+        return text
 
 
-def format_tokens(tokens: int) -> str:
-    return f"{tokens:,}"
+class Number(str):
+    """A count or quantity, written in English (``1,100,000``) and keeping its value,
+    so a template of another language rewrites it (``1 100 000`` in Russian)."""
+
+    value: int | Decimal
+
+    def __new__(cls, value: int | Decimal) -> Number:
+        text = super().__new__(cls, f"{value:,}")
+        text.value = value
+        return text
+
+
+def format_usd(amount: Decimal) -> Usd:
+    return Usd(amount)
+
+
+def format_tokens(tokens: int) -> Number:
+    return Number(tokens)
+
+
+def format_count(value: int | Decimal) -> Number:
+    return Number(value)
 
 
 def format_crypto(amount: Decimal, asset: str) -> str:
+    """The provider's precision, no grouping, "." as the decimal mark, in every language:
+    the buyer copies it into a wallet, which would refuse "0,000 12" or "1.234,5"."""
     places = crypto_places(asset)
     return f"{amount.quantize(Decimal(1).scaleb(-places)):f}"

@@ -31,7 +31,7 @@ from processing.outbox import OutboxSender
 from services.admin_ledger import ActionOutcome, recent_period
 from services.errors import ExternalError
 
-router = RouterSpec(__name__, private_only=False)
+router = RouterSpec(__name__, private_only=False, admin=True)
 
 PERIODS = {"today": 1, "7d": 7, "30d": 30}
 

@@ -13,13 +13,14 @@ from aiogram.types import CallbackQuery, Message
 from bot import keyboards
 from bot.filters import ADMIN_ONLY, ForgedData
 from core.callbacks import BroadcastCb
+from core.money import format_count
 from handlers.spec import RouterSpec
 from handlers.util import answer_long, show
-from locales import Markup, Translator, escape
+from locales import Markup, Phrase, Translator, escape
 from services.broadcast import BroadcastService
 from services.message_text import MAX_MESSAGE_LENGTH, telegram_length
 
-router = RouterSpec(__name__, private_only=False)
+router = RouterSpec(__name__, private_only=False, admin=True)
 
 
 @router.message(Command("broadcast"), *ADMIN_ONLY)
@@ -37,7 +38,11 @@ async def broadcast_command(
     # command itself at 4,096 too; the preview is split instead, see answer_long).
     if telegram_length(body) > MAX_MESSAGE_LENGTH:
         await message.answer(
-            t("broadcast.too_long", length=telegram_length(body), limit=MAX_MESSAGE_LENGTH)
+            t(
+                "broadcast.too_long",
+                length=Phrase("unit.characters", count=telegram_length(body)),
+                limit=format_count(MAX_MESSAGE_LENGTH),
+            )
         )
         return
     draft = await broadcasts.draft(message.from_user.id, body)
@@ -68,7 +73,7 @@ async def broadcast_send(
     if total is None:  # a double tap, or already cancelled: queued once, nothing more
         await callback.answer(t("broadcast.already"))
         return
-    await show(callback, t("broadcast.queued", id=callback_data.broadcast_id, total=total))
+    await show(callback, t("broadcast.queued", id=callback_data.broadcast_id, count=total))
 
 
 @router.callback_query(BroadcastCb.filter(F.action == "cancel"), *ADMIN_ONLY)

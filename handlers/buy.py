@@ -17,10 +17,9 @@ from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup
 from bot import keyboards, screens
 from bot.settings import Settings
 from core.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
-from core.money import format_tokens
 from handlers.spec import RouterSpec
 from handlers.util import reply, show
-from locales import Translator
+from locales import Phrase, Translator
 from processing.payments import AITokenPaymentProcessor
 from services.errors import InvalidAmount, ModelUnavailable
 from services.orders import OrderService, OrderView
@@ -81,7 +80,7 @@ async def package_chosen(
     offered = await orders.assets()
     await show(
         callback,
-        t("buy.currency", tokens=format_tokens(callback_data.tokens)),
+        t("buy.currency", tokens=Phrase("unit.tokens", count=callback_data.tokens)),
         keyboards.assets(t, callback_data.tokens, offered),
     )
 
@@ -156,7 +155,7 @@ async def custom_amount_not_text(message: Message, t: Translator) -> None:
 async def _ask_currency(message: Message, t: Translator, tokens: int, orders: OrderService) -> None:
     offered = await orders.assets()
     await message.answer(
-        t("buy.currency", tokens=format_tokens(tokens)),
+        t("buy.currency", tokens=Phrase("unit.tokens", count=tokens)),
         reply_markup=keyboards.assets(t, tokens, offered),
     )
 

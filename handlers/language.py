@@ -1,4 +1,4 @@
-"""/lang: English or Russian."""
+"""/lang: every offered language, each by its own name."""
 
 from __future__ import annotations
 

@@ -7,18 +7,23 @@ new ``Router(name=...)`` with them, in declaration order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import F, Router
+from aiogram.types import TelegramObject
+
+from locales import translator
 
 Handler = Callable[..., Any]
 
 
 class RouterSpec:
-    def __init__(self, name: str, *, private_only: bool = True) -> None:
+    def __init__(self, name: str, *, private_only: bool = True, admin: bool = False) -> None:
         self.name = name
         self.private_only = private_only
+        # Admin routers answer in ADMIN_LANGUAGE, as the alerts and reports do.
+        self.admin = admin
         self._handlers: list[tuple[str, tuple[Any, ...], Handler]] = []
 
     def _record(self, observer: str, filters: tuple[Any, ...]) -> Callable[[Handler], Handler]:
@@ -47,6 +52,20 @@ class RouterSpec:
             router.message.filter(F.chat.type == "private")
             router.callback_query.filter(F.message.chat.type == "private")
             router.my_chat_member.filter(F.chat.type == "private")
+        if self.admin:
+            router.message.middleware(_admin_language)
+            router.callback_query.middleware(_admin_language)
         for observer, filters, handler in self._handlers:
             getattr(router, observer).register(handler, *filters)
         return router
+
+
+async def _admin_language(
+    handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+    event: TelegramObject,
+    data: dict[str, Any],
+) -> Any:
+    settings = data.get("settings")
+    if settings is not None:
+        data["t"] = translator(settings.admin_language)
+    return await handler(event, data)

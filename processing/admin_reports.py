@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.clock import utcnow
 from core.money import format_usd
 from db.models import OutboxMessage
-from locales import Translator, translator
+from locales import Phrase, Translator, translator
 from processing.admin_ops import AdminOps, Balance
 from services.admin_ledger import AdminLedger, Period, Stats, days_period
 from services.admin_topics import AlertCategory
@@ -171,5 +171,5 @@ def balance_text(t: Translator, balance: Balance) -> str:
         available=format_usd(balance.available),
         committed=format_usd(balance.committed),
         headroom=format_usd(balance.headroom),
-        keys=balance.keys,
+        keys=Phrase("unit.keys", count=balance.keys),
     )

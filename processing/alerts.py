@@ -34,6 +34,7 @@ from core.clock import utcnow
 from core.money import CENT, format_crypto, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage, User
+from locales import Phrase
 from services.notify import Notifier
 from services.openrouter import KeyInfo, OpenRouterClient
 from services.quota import last_known
@@ -160,7 +161,7 @@ class BuyerAlerts:
             dedupe=f"reminder:{order_id}",
             buttons=[[("pay.check", OrderCb(action="check", order_id=order_id).pack())]],
             order_id=order_id,
-            minutes=minutes_left,
+            minutes=Phrase("alerts.minutes_left", count=minutes_left),
             amount=format_crypto(order.crypto_amount, order.asset),
             asset=order.asset,
             network=order.network or order.asset,

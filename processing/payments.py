@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.clock import utcnow
 from core.jsonutil import jsonable
 from core.metrics import Metrics
-from core.money import format_crypto, format_tokens, format_usd
+from core.money import format_crypto, format_usd
 from db import repo
 from db.models import Order, OrderStatus, Payment
 from db.status import CLOSED_UNPAID, OPEN, SETTLED, UNPAID
+from locales import Phrase
 from processing import payment_notices as notices
 from services.errors import ExternalError, OrderNotFound
 from services.logcontext import annotate, bind
@@ -245,7 +246,7 @@ class AITokenPaymentProcessor:
                 dedupe=f"admin-paid:{order.id}",
                 order_id=order.id,
                 user_id=order.user_id,
-                tokens=format_tokens(order.tokens),
+                tokens=Phrase("unit.tokens", count=order.tokens),
                 model=order.model,
                 total=format_usd(order.total_usd),
                 crypto=f"{format_crypto(status.crypto_amount, order.asset)} {order.crypto_code}",

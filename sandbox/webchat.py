@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from locales import LANGUAGE_NAMES
+from locales import LANGUAGES as LANGUAGES_OFFERED
 from sandbox.common import LOOPBACK, Served, dumps, json_response
 from sandbox.runner import ADMIN_CHAT_ID, ADMIN_ID
 from sandbox.telegram_control import TelegramControl, TelegramControlError
@@ -38,7 +40,8 @@ DEFAULT_PORT = 8765
 # Two buyers to switch between: user id -> first name (their private chat id is the same).
 BUYERS = {5550001: "Alice", 5550002: "Boris"}
 MAX_NAME_LENGTH = 64  # Telegram's limit for a first name
-LANGUAGES = ("en", "ru")
+# The buyer's Telegram app language: every language the bot offers, by its own name.
+LANGUAGES = LANGUAGES_OFFERED
 PANEL_REFRESH_SECONDS = 5.0
 
 
@@ -116,7 +119,7 @@ class WebChat:
                 "buyers": [{"id": id_, "name": self.names[id_]} for id_ in BUYERS],
                 "buyer": buyer,
                 "language": language,
-                "languages": LANGUAGES,
+                "languages": [{"code": c, "name": LANGUAGE_NAMES[c]} for c in LANGUAGES],
                 "admin": {"chat_id": ADMIN_CHAT_ID, "user_id": ADMIN_ID},
                 "commands": await self.feed.commands(language),
             }
@@ -198,7 +201,7 @@ class WebChat:
         body = await request.json()
         buyer, language = _buyer(body.get("buyer")), body.get("language")
         if language not in LANGUAGES:
-            raise web.HTTPBadRequest(text="language must be en or ru")
+            raise web.HTTPBadRequest(text=f"language must be one of {', '.join(LANGUAGES)}")
         self.languages[buyer] = language
         return json_response({"buyer": buyer, "language": language})
 

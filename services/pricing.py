@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from core.money import ceil_cents, format_tokens, format_usd
+from core.money import ceil_cents, format_usd
+from locales import Phrase
 from services.errors import InvalidAmount, ModelUnavailable
 
 PACKAGE_NAMES = ("starter", "standard", "professional", "enterprise")
@@ -193,10 +194,10 @@ class AITokenService:
         return lo
 
     @staticmethod
-    def _bound_params(bounds: Bounds) -> dict[str, str]:
+    def _bound_params(bounds: Bounds) -> dict[str, object]:
         return {
-            "min_tokens": format_tokens(bounds.min_tokens),
-            "max_tokens": format_tokens(bounds.max_tokens),
+            "min_tokens": Phrase("unit.tokens", count=bounds.min_tokens),
+            "max_tokens": Phrase("unit.tokens", count=bounds.max_tokens),
             "min_total": format_usd(bounds.min_total),
             "max_total": format_usd(bounds.max_total),
         }

@@ -96,7 +96,8 @@ async def test_order_retry_refund_balance_stats(tmp_path: Path) -> None:
         )
         answer = await ask(env, "/balance", "OpenRouter balance")
         assert f"balance {format_usd(available)}" in answer["plain"]
-        assert f"committed to {len(keys)} key(s) {format_usd(committed)}" in answer["plain"]
+        unit = "key" if len(keys) == 1 else "keys"
+        assert f"committed to {len(keys)} {unit} {format_usd(committed)}" in answer["plain"]
         assert f"headroom {format_usd(available - committed)}" in answer["plain"]
 
         # /stats in the admin group: a, b delivered; c failed then refunded.
@@ -154,7 +155,7 @@ async def test_reconcile_finds_planted_mismatches(tmp_path: Path) -> None:
         a = await delivered(env, BUYER)
         b = await delivered(env, BUYER2)
         answer = await ask(env, "/reconcile", "Reconciliation")
-        assert "2 recent payment(s) and 2 key(s) checked" in answer["plain"]
+        assert "checked 2 payments and 2 keys" in answer["plain"]
         assert "No mismatches" in answer["plain"]
 
         # Plant: a key limit changed behind our back, and an order the provider says is paid.

@@ -82,7 +82,7 @@ async def test_broadcast_of_maximum_length_is_previewed_and_sent(tmp_path: Path)
 
         # One unit more cannot go to a buyer as one message: refused before any draft.
         answer = await _answers_after(env, ADMIN_ID, f"/broadcast {body}!", "too long")
-        assert "4097" in answer[-1]["plain"] and "4096" in answer[-1]["plain"]
+        assert "4,097 characters" in answer[-1]["plain"] and "4,096" in answer[-1]["plain"]
 
 
 def test_split_html_counts_like_telegram_and_keeps_tags_balanced() -> None:

@@ -91,9 +91,9 @@ async def test_broadcast_to_2000_buyers_within_telegram_limits(tmp_path: Path) -
 
         await env.tg.send_text(ADMIN_ID, "/broadcast Big news: new models!")
         recipients = BROADCAST_USERS + 1  # the admin is a buyer too (their /broadcast made it)
-        await env.tg.wait_for_text(ADMIN_ID, f"It will go to {recipients} buyers")
+        await env.tg.wait_for_text(ADMIN_ID, f"It will go to {recipients:,} buyers")
         started = time.monotonic()
-        await env.tg.press(ADMIN_ID, f"✅ Send to {recipients} buyers")
+        await env.tg.press(ADMIN_ID, f"✅ Send to {recipients:,} buyers")
 
         deadline = started + 180
         while await _broadcast_rows(env, "sent") < recipients:

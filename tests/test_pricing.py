@@ -20,6 +20,7 @@ from core.money import (
     quantize_crypto,
     to_decimal,
 )
+from locales import Phrase
 from services.errors import InvalidAmount, ModelUnavailable
 from services.pricing import (
     AITokenService,
@@ -85,9 +86,9 @@ def test_spec_example_bounds_and_formatted_refusals() -> None:
     with pytest.raises(InvalidAmount) as small:
         svc.quote(SPEC_MODEL, 1000)
     assert small.value.key == "amount.too_small"
-    assert small.value.params["min_tokens"] == f"{bounds.min_tokens:,}"
-    assert small.value.params["max_tokens"] == f"{bounds.max_tokens:,}"
-    assert "," in small.value.params["max_tokens"]
+    assert small.value.params["min_tokens"] == Phrase("unit.tokens", count=bounds.min_tokens)
+    assert small.value.params["max_tokens"] == Phrase("unit.tokens", count=bounds.max_tokens)
+    assert "," in str(small.value.params["max_tokens"])
 
 
 def test_brief_fixed_packages_are_all_under_the_minimum_so_none_is_offered() -> None:
@@ -238,14 +239,14 @@ def test_bounds_are_tight_and_quote_stays_inside_them(
     with pytest.raises(InvalidAmount) as below:
         svc.quote(m, lo - 1)
     assert below.value.key == "amount.too_small"
-    assert below.value.params["min_tokens"] == f"{lo:,}"
-    assert below.value.params["max_tokens"] == f"{hi:,}"
+    assert below.value.params["min_tokens"] == Phrase("unit.tokens", count=lo)
+    assert below.value.params["max_tokens"] == Phrase("unit.tokens", count=hi)
     assert lo - 1 < rules.min_tokens or svc.price(m, lo - 1).total_usd < rules.min_order_usd
     with pytest.raises(InvalidAmount) as above:
         svc.quote(m, hi + 1)
     assert above.value.key == "amount.too_large"
-    assert above.value.params["min_tokens"] == f"{lo:,}"
-    assert above.value.params["max_tokens"] == f"{hi:,}"
+    assert above.value.params["min_tokens"] == Phrase("unit.tokens", count=lo)
+    assert above.value.params["max_tokens"] == Phrase("unit.tokens", count=hi)
     assert svc.price(m, hi + 1).total_usd > rules.max_order_usd
 
     # Any count, near either bound or anywhere: a quote is always within the rules.
@@ -370,7 +371,7 @@ def test_a_5000_digit_number_does_not_crash_and_is_refused_as_too_large() -> Non
     with pytest.raises(InvalidAmount) as refused:
         svc.quote(SPEC_MODEL, huge)
     assert refused.value.key == "amount.too_large"
-    assert refused.value.params["max_tokens"] == "1,110,666"
+    assert str(refused.value.params["max_tokens"]) == "1,110,666 tokens"
 
 
 def test_leading_zeros_do_not_count_as_digits() -> None:

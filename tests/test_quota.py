@@ -47,7 +47,7 @@ async def test_quota_figures_equal_openrouter_with_runway(tmp_path: Path) -> Non
             "this month $0.35",
             "▓▓░░░░░░░░ 21% used",
             "≈ 86,666 tokens of anthropic/claude-3-sonnet",
-            "this lasts ≈ 26.0 days",
+            "this lasts ≈ 26 days",
         ):
             assert fragment in screen["plain"], (fragment, screen["plain"])
 
@@ -96,7 +96,7 @@ async def test_openrouter_down_shows_last_known_figures_with_their_age(tmp_path:
             lambda m: m["from_bot"] and "last known figures" in (m["plain"] or ""),
             timeout=15,
         )
-        assert "from 5 min ago" in stale["plain"] and "Remaining: $1.65" in stale["plain"]
+        assert "from 5 minutes ago" in stale["plain"] and "Remaining: $1.65" in stale["plain"]
         assert len(await env.tg.messages(BUYER)) > before
         assert key["hash"]
 

@@ -53,7 +53,7 @@ async def test_daily_report_matches_a_hand_count_and_is_sent_once(tmp_path: Path
         assert "Open now: 1 awaiting payment · 0 awaiting funds" in text
         assert "Failed: 1 · refunded: 0 · expired: 1" in text
         assert f"OpenRouter balance {format_usd(available)}" in text
-        assert f"committed to 1 key(s) {format_usd(committed)}" in text
+        assert f"committed to 1 key {format_usd(committed)}" in text
         assert f"headroom {format_usd(available - committed)}" in text
 
         rows = [m for m in await env.outbox() if m.dedupe_key == f"daily-report:{today}"]

@@ -171,6 +171,18 @@ def test_malformed_value_is_one_line_naming_the_variable(
     assert message.startswith(name + " "), message
 
 
+def test_admin_language_is_an_offered_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().admin_language == "en"
+    monkeypatch.setenv("ADMIN_LANGUAGE", "RU")
+    assert load_settings().admin_language == "ru"
+    # A registered language whose catalogue is not complete yet would mix in English.
+    for value in ("de", "es"):
+        monkeypatch.setenv("ADMIN_LANGUAGE", value)
+        with pytest.raises(ConfigError) as error:
+            load_settings()
+        assert str(error.value).startswith("ADMIN_LANGUAGE "), error.value
+
+
 def test_malformed_kwarg_is_reported_the_same_way() -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(web_port=-1)

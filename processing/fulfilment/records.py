@@ -15,9 +15,10 @@ from sqlalchemy import update
 from core.callbacks import MenuCb
 from core.clock import utcnow
 from core.metrics import Metrics
-from core.money import ceil_cents, format_tokens, format_usd
+from core.money import ceil_cents, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus
+from locales import Phrase
 from processing.fulfilment.ledger import LedgerReassert
 from processing.funds import Funds
 from services.errors import OpenRouterError
@@ -93,7 +94,7 @@ class AttemptRecords(LedgerReassert):
             )
             params: dict[str, Any] = {
                 "order_id": order_id,
-                "tokens": format_tokens(order.tokens),
+                "tokens": Phrase("unit.tokens", count=order.tokens),
                 "model": order.model,
                 "limit": format_usd(target),
                 "used": format_usd(usage),

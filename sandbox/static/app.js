@@ -167,6 +167,14 @@ async function selectBuyer(buyer) {
   state.commands = config.commands.length ? config.commands : [
     "start", "buy", "quota", "orders", "lang", "help", "cancel",
   ].map((command) => ({ command, description: "" }));
+  $("language").replaceChildren(
+    ...config.languages.map((l) => {
+      const option = document.createElement("option");
+      option.value = l.code;
+      option.textContent = l.name;
+      return option;
+    }),
+  );
   $("language").value = state.language;
   $("name").value = config.buyers.find((b) => b.id === state.buyer).name;
   const seg = $("buyers");
