@@ -133,6 +133,19 @@ class TelegramControl(ControlClient):
         result: dict[str, Any] = await self._json("POST", "/control/updates/callback", body=body)
         return result
 
+    async def stop_generation(self, chat_id: int) -> dict[str, Any]:
+        """The user presses the stop button under the draft being generated in ``chat_id``."""
+        result: dict[str, Any] = await self._json("POST", f"/control/chats/{chat_id}/drafts/stop")
+        return result
+
+    async def set_drafts_supported(self, supported: bool) -> None:
+        await self._json("POST", "/control/drafts", body={"supported": supported})
+
+    async def drafts(self, chat_id: int) -> dict[str, Any]:
+        """``{"current": draft or None, "frames": [every draft frame sent]}``."""
+        result: dict[str, Any] = await self._json("GET", f"/control/chats/{chat_id}/drafts")
+        return result
+
     # ---------------------------------------------------------------------- inspection
     async def _snapshot(self, chat_id: int) -> tuple[list[Record], int]:
         response = await self._request("GET", f"/control/chats/{chat_id}/messages")
