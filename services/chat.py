@@ -293,10 +293,10 @@ class ChatService:
             async for item in stream:
                 if isinstance(item, Delta):
                     text += item.text
+                    generation_id = item.generation_id
                     await on_text(text)
                 else:
                     usage = item
-                    generation_id = item.generation_id
 
         reader = asyncio.create_task(consume())
         stopper = asyncio.create_task(running.stop.wait())

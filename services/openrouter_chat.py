@@ -36,6 +36,7 @@ class ChatCallError(Exception):
 @dataclass(frozen=True)
 class Delta:
     text: str
+    generation_id: str | None  # known from the first chunk: a stopped answer's stats
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class OpenRouterChat:
                     for choice in chunk.get("choices") or []:
                         content = (choice.get("delta") or {}).get("content")
                         if content:
-                            yield Delta(str(content))
+                            yield Delta(str(content), generation_id)
                     usage = chunk.get("usage")
                     if isinstance(usage, dict):
                         cost = usage.get("cost")

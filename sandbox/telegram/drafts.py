@@ -98,7 +98,8 @@ class MessageDrafts(UpdateDelivery):
         chat_id = as_int(request.match_info["chat_id"])
         draft = self.drafts.get(chat_id) if chat_id is not None else None
         frames = self.draft_frames.get(chat_id, []) if chat_id is not None else []
-        return json_response({"current": draft.to_json() if draft else None, "frames": frames})
+        current = draft.to_json() if draft else None
+        return json_response({"current": current, "frames": frames, "seq": self._seq})
 
     async def _control_stop_draft(self, request: web.Request) -> web.Response:
         """The user presses the stop button under the draft shown in ``chat_id``."""
