@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import ChatMessage
+from sandbox.runner import ADMIN_ID
 from tests.harness import Env, running_env
 
 BUYER = 161616
@@ -100,6 +101,14 @@ async def test_buyer_chats_sees_the_stream_and_pays_what_the_footers_say(tmp_pat
             ("user", None),
             ("assistant", costs[1]),
         ]
+        # /stats: answers, tokens and cost per model.
+        await env.tg.send_text(ADMIN_ID, "/stats")
+        stats = await env.tg.wait_for_text(ADMIN_ID, "Chat (answers")
+        tokens = sum(r.tokens_prompt or 0 for r in rows) + sum(
+            r.tokens_completion or 0 for r in rows
+        )
+        assert f"anthropic/claude-3-sonnet: 2 · {tokens:,} · ${sum(costs)}" in stats["plain"]
+
         # The plaintext key reaches neither the conversation nor the answers.
         plaintext = emulated["key"]
         assert all(plaintext not in r.content for r in rows)
