@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
+from bot.screens import chat_stats
 from core.money import format_crypto, format_usd
 from db.models import OrderStatus
 from db.status import SETTLED
@@ -27,7 +28,7 @@ def render_stats(t: Translator, stats: Stats, timezone: str) -> str:
         last=stats.period.last_day.isoformat(),
         tz=timezone,
     )
-    return f"{title}\n\n{stats_text(t, stats)}"
+    return f"{title}\n\n{stats_text(t, stats)}\n\n{chat_stats(t, list(stats.chat))}"
 
 
 def render_balance(t: Translator, balance: Balance) -> str:

@@ -51,9 +51,11 @@ from processing.web import CallbackRoutes, hide_server_software
 from services.admin_chat import AdminChat
 from services.admin_ledger import AdminLedger
 from services.broadcast import BroadcastService
+from services.chat import ChatService, ChatSettings
 from services.http import observe_errors
 from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
+from services.openrouter_chat import OpenRouterChat
 from services.orders import OrderService, PaymentGateway
 from services.payments.registry import build_providers
 from services.preferences import PreferencesService
@@ -150,6 +152,21 @@ class BotApp:
             cache_seconds=float(s.quota_cache_seconds),
         )
         self.preferences = PreferencesService(self.sessions)
+        self.chat_client = OpenRouterChat(s.openrouter_base_url)
+        self.chat = ChatService(
+            self.sessions,
+            self.chat_client,
+            self.vault,
+            ChatSettings(
+                enabled=s.chat_enabled,
+                models=s.chat_allowed_models,
+                max_tokens=s.chat_max_tokens,
+                history_turns=s.chat_history_turns,
+                history_tokens=s.chat_history_tokens,
+                timeout=float(s.chat_timeout_seconds),
+                rate_per_minute=s.chat_rate_per_minute,
+            ),
+        )
         ledger = AdminLedger(self.sessions)
         # The one admin object the handlers get; the reports share its balance.
         self.admin = AdminOps(
@@ -191,6 +208,7 @@ class BotApp:
             processor=self.processor,
             quota=self.quota,
             preferences=self.preferences,
+            chat=self.chat,
             admin=self.admin,
             admin_chat=self.admin_chat,
         )
@@ -367,6 +385,7 @@ class BotApp:
         if self._redis is not None:
             await self._redis.aclose()
         await self.openrouter.aclose()
+        await self.chat_client.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.engine.dispose()

@@ -23,15 +23,27 @@ from services.preferences import Preference, Preferences
 from services.pricing import ModelPrice, Package
 
 
-def main_menu(t: Translator) -> InlineKeyboardMarkup:
+def main_menu(t: Translator, *, chat: bool = False) -> InlineKeyboardMarkup:
+    """``chat``: offer 💬 Chat (the buyer has a key with credit left)."""
     kb = InlineKeyboardBuilder()
     kb.button(text=t("menu.ai_tokens"), callback_data=MenuCb(action="tokens"))
+    if chat:
+        kb.button(text=t("menu.chat"), callback_data=MenuCb(action="chat"))
     kb.button(text=t("menu.quota"), callback_data=MenuCb(action="quota"))
     kb.button(text=t("menu.orders"), callback_data=MenuCb(action="orders"))
     kb.button(text=t("menu.language"), callback_data=MenuCb(action="lang"))
     kb.button(text=t("settings.button"), callback_data=MenuCb(action="settings"))
     kb.button(text=t("menu.help"), callback_data=MenuCb(action="help"))
-    kb.adjust(1, 2, 2, 1)
+    kb.adjust(2 if chat else 1, 2, 2, 1)
+    return kb.as_markup()
+
+
+def buy_more(t: Translator) -> InlineKeyboardMarkup:
+    """Under "your credit is used up": straight to the packages."""
+    kb = InlineKeyboardBuilder()
+    kb.button(text=t("menu.ai_tokens"), callback_data=MenuCb(action="tokens"))
+    kb.button(text=t("common.menu"), callback_data=MenuCb(action="home"))
+    kb.adjust(1)
     return kb.as_markup()
 
 

@@ -34,7 +34,7 @@ from services.admin_chat import AdminChat
 log = logging.getLogger(__name__)
 
 # The order is the menu's order.
-BUYER_COMMANDS = ("start", "buy", "quota", "orders", "settings", "lang", "help", "cancel")
+BUYER_COMMANDS = ("start", "buy", "chat", "quota", "orders", "settings", "lang", "help", "cancel")
 ADMIN_COMMANDS = ("stats", "order", "retry", "refund", "balance", "reconcile", "broadcast")
 
 

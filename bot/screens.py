@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from core.clock import format_utc, utcnow
 from core.money import format_crypto, format_tokens, format_usd
 from locales import Markup, Phrase, Translator
 from processing.payments import PaymentCheck
+from services.chat import ChatAnswer, ModelChatStats, Outcome
 from services.orders import OrderView, QuoteView
 from services.pricing import Bounds, ModelPrice
 from services.quota import QuotaView, progress_bar
@@ -138,3 +140,44 @@ def age(t: Translator, delta: timedelta) -> str:
     if minutes < 120:
         return t("quota.minutes", count=minutes)
     return t("quota.hours", count=minutes // 60)
+
+
+def chat_cost(amount: Decimal) -> str:
+    """An answer's cost: cents hide it (answers cost fractions of a cent), so up to six
+    places, as OpenRouter reports it."""
+    if amount >= Decimal("0.01"):
+        return format_usd(amount)
+    return f"${amount.quantize(Decimal('0.000001')).normalize():f}"
+
+
+def chat_footer(t: Translator, answer: ChatAnswer) -> str:
+    cost = chat_cost(answer.cost) if answer.cost is not None else t.plain("chat.cost_unknown")
+    left = (
+        format_usd(answer.credit_left)
+        if answer.credit_left is not None
+        else t.plain("chat.left_unknown")
+    )
+    footer = Markup("<i>{}</i>").format(t("chat.footer", cost=cost, left=left))
+    note = {
+        Outcome.STOPPED: "chat.stopped",
+        Outcome.TIMEOUT: "chat.timeout",
+        Outcome.FAILED: "chat.failed",
+    }.get(answer.outcome)
+    return f"{footer}\n{t(note)}" if note else str(footer)
+
+
+def chat_stats(t: Translator, rows: list[ModelChatStats]) -> str:
+    if not rows:
+        return t("chat.stats_none")
+    lines = [t("chat.stats_title")]
+    lines += [
+        t(
+            "chat.stats_line",
+            model=row.model,
+            answers=format_tokens(row.answers),
+            tokens=format_tokens(row.tokens),
+            cost=chat_cost(row.cost),
+        )
+        for row in rows
+    ]
+    return "\n".join(lines)

@@ -173,6 +173,19 @@ class Settings(PaymentSettings):
     daily_report_time: str = "09:00"
     weekly_report_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
     daily_summary_time: str = "20:00"
+    # 💬 Chat (issue 16): buyers talk to their model on their own key. CHAT_MODELS are
+    # the models the chat may use (empty: the MODELS list); a buyer whose model is not
+    # allowed chats with the first allowed one.
+    chat_enabled: bool = True
+    chat_models: CsvStrs = Field(default_factory=list)
+    chat_max_tokens: int = Field(default=1024, ge=1, le=32768)
+    # The recent conversation sent with each question: at most this many turns, and
+    # within this token budget (≈ 4 characters a token), newest first.
+    chat_history_turns: int = Field(default=10, ge=0, le=100)
+    chat_history_tokens: int = Field(default=3000, ge=100)
+    chat_timeout_seconds: int = Field(default=90, ge=5)
+    # Questions per buyer per minute; a second question while one is answered waits.
+    chat_rate_per_minute: int = Field(default=10, ge=1)
     # Sandbox-only switch (set by ``run.py --sandbox``): changes nothing in the logic.
     sandbox: bool = False
 
@@ -182,6 +195,7 @@ class Settings(PaymentSettings):
         "package_prices_usd",
         "token_packages",
         "models",
+        "chat_models",
         mode="before",
     )
     @classmethod
@@ -317,6 +331,10 @@ class Settings(PaymentSettings):
             category: getattr(self, f"admin_topic_{category.value}") for category in AlertCategory
         }
         return {category: thread for category, thread in topics.items() if thread is not None}
+
+    @property
+    def chat_allowed_models(self) -> list[str]:
+        return list(self.chat_models or self.models)
 
     @property
     def markup_rate(self) -> Decimal:

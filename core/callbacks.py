@@ -19,7 +19,7 @@ TokenCount = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 
 
 class MenuCb(CallbackData, prefix="m"):
-    action: str  # home | tokens | custom | models | quota | orders | lang | settings | help
+    action: str  # home | tokens | chat | custom | models | quota | orders | lang | settings | help
 
 
 class ModelCb(CallbackData, prefix="mo"):

@@ -283,3 +283,24 @@ class RuntimeSetting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ChatMessage(Base):
+    """One turn of a buyer's in-bot chat with their model (💬 Chat), kept so the next
+    question carries the recent conversation. ``role`` "new" marks where ``/new`` started
+    over; ``/forget`` deletes every row of the buyer. An answer's ``cost`` is OpenRouter's
+    own figure (``usage.cost``), billed to the buyer's key, never ours."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (Index("ix_chat_messages_user_id_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str] = mapped_column(String(16))  # user | assistant | new
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(128))
+    tokens_prompt: Mapped[int | None] = mapped_column(Integer)
+    tokens_completion: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[Decimal | None] = mapped_column(Money(12, 6))
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

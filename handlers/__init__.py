@@ -8,6 +8,7 @@ from handlers import (
     admin,
     broadcast,
     buy,
+    chat,
     common,
     errors,
     language,
@@ -34,6 +35,7 @@ def routers() -> list[Router]:
         settings.router,
         admin.router,
         broadcast.router,
+        chat.router,
         common.fallback,
     ]
     return [spec.build() for spec in specs]

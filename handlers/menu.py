@@ -12,21 +12,30 @@ from core.callbacks import MenuCb
 from handlers.spec import RouterSpec
 from handlers.util import reply, show
 from locales import Translator
+from services.chat import ChatService
+from services.users import UserView
 
 router = RouterSpec(__name__)
 
 
 @router.message(CommandStart())
-async def start(message: Message, t: Translator, state: FSMContext) -> None:
+async def start(
+    message: Message, t: Translator, user: UserView, chat: ChatService, state: FSMContext
+) -> None:
     await state.clear()
     name = message.from_user.first_name if message.from_user else ""
-    await message.answer(t("start.greeting", name=name), reply_markup=keyboards.main_menu(t))
+    menu = keyboards.main_menu(t, chat=await chat.available(user.id))
+    await message.answer(t("start.greeting", name=name), reply_markup=menu)
 
 
 @router.callback_query(MenuCb.filter(F.action == "home"))
-async def home(callback: CallbackQuery, t: Translator, state: FSMContext) -> None:
+async def home(
+    callback: CallbackQuery, t: Translator, user: UserView, chat: ChatService, state: FSMContext
+) -> None:
     await state.clear()
-    await show(callback, t("start.menu"), keyboards.main_menu(t))
+    await show(
+        callback, t("start.menu"), keyboards.main_menu(t, chat=await chat.available(user.id))
+    )
 
 
 @router.message(Command("help"))

@@ -42,6 +42,9 @@ class RouterSpec:
     def my_chat_member(self, *filters: Any) -> Callable[[Handler], Handler]:
         return self._record("my_chat_member", filters)
 
+    def stopped_message_generation(self, *filters: Any) -> Callable[[Handler], Handler]:
+        return self._record("stopped_message_generation", filters)
+
     def error(self, *filters: Any) -> Callable[[Handler], Handler]:
         return self._record("errors", filters)
 

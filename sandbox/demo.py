@@ -1,4 +1,5 @@
-"""``run.py --sandbox --demo``: one buyer buys tokens; the chat is printed as a transcript.
+"""``run.py --sandbox --demo``: one buyer buys tokens, then chats with the model on the
+delivered key; the chat is printed as a transcript.
 
 Each step is a real Telegram update through the emulator; the payment is a wallet
 transfer at the KryptoExpress emulator, which sends the signed callback.
@@ -89,6 +90,14 @@ async def play_demo(sandbox: Sandbox, settings: Settings) -> int:
         await chat.see(lambda m: f"Order #{order_id} delivered" in (m.get("plain") or ""))
         await chat.say("/quota")
         await chat.see(lambda m: "Your quota" in (m.get("plain") or ""))
+        # 💬 Chat on the delivered key: the answer streams in drafts, then lands with
+        # its cost (OpenRouter's own figure, paid from the buyer's key).
+        await chat.say("/chat")
+        await chat.see(lambda m: "Chat with" in (m.get("plain") or ""))
+        await chat.say("echo: **Hello!** Streaming works, and 1 < 2 & 3 > 2.")
+        await chat.see(lambda m: "This answer:" in (m.get("plain") or ""))
+        frames = (await tg.drafts(BUYER))["frames"]
+        chat.note(f"the answer streamed in {len(frames)} draft frame(s) before the message")
         admin = await tg.wait_for_text(ADMIN_CHAT_ID, f"order #{order_id}")
         elapsed = time.monotonic() - started
 

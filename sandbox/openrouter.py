@@ -14,22 +14,29 @@ Test steering lives under ``/control/`` (never faulted, never logged):
 - ``GET /control/keys`` — every key ever created, with its plaintext ``key`` and ``deleted``
 - ``POST /control/models`` — replace the catalogue: ``[{id, name?, prompt, completion}]``
 - ``GET /control/requests?after=N`` — the log of API requests (a JSON list)
+- ``POST /control/chat`` ``{delay?, hold_after?, error_after?}``, ``POST /control/chat/release``,
+  ``GET /control/generations`` — steer and read the fake model's streams
 - ``POST /control/reset`` — back to the constructor's state (keys, log, faults cleared)
 - ``POST|GET|DELETE /control/faults`` — see ``sandbox.common.FaultInjector``
 
 Emulator simplifications, on purpose:
 
 - usage_daily/weekly/monthly never reset by the clock; tests set them via ``spend``.
-- Chat completions bill only ``max_tokens`` (default 100) completion tokens at the
-  completion price, so a test can compute the exact cost; the prompt is free.
-  A variable-priced router (price ``"-1"``, e.g. ``openrouter/auto``) bills at the
-  catalogue's highest completion price and answers with that model's id.
+- Chat completions answer with a deterministic fake model (``sandbox.openrouter_model``:
+  "echo: …", "long: N", otherwise "You said: …"), ~4 characters a token, billed at the
+  model's prompt and completion prices; ``stream: true`` answers in server-sent events.
+  Like OpenRouter, a request whose worst case (prompt + ``max_tokens``, default 100) does
+  not fit the key's remaining limit is refused with 402. A variable-priced router
+  (price ``"-1"``, e.g. ``openrouter/auto``) bills at the
+  catalogue's highest prices and answers with that model's id.
 - The optional ordinary ``api_key`` (the account's own inference key) is not listed by
   ``GET /keys``; it has no limit and its inference is billed to the account only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -40,16 +47,22 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sandbox.common import FaultInjector, RequestLog, json_response, loads, now_iso
+from sandbox.common import FaultInjector, RequestLog, dumps, json_response, loads, now_iso
 from sandbox.openrouter_model import (
     DEFAULT_MODELS,
     ApiError,
+    ChatSettings,
+    Generation,
     Key,
     Model,
+    answer_chunks,
+    count_tokens,
+    fake_answer,
     json_object,
     optional_bool,
     parse_amount,
     parse_limit_reset,
+    prompt_tokens,
 )
 
 API_PREFIX = "/api/v1"
@@ -87,6 +100,9 @@ class OpenRouterEmulator:
         self.total_credits = Decimal(0)
         self.total_usage = Decimal(0)
         self.requests = RequestLog(CONTROL_PREFIX)
+        self.chat = ChatSettings()
+        self.generations: dict[str, Generation] = {}
+        self._release = asyncio.Event()
         self.reset()
         self.app = self._build_app()
 
@@ -98,6 +114,9 @@ class OpenRouterEmulator:
         self.total_credits, self.total_usage = self._initial_credits
         self.requests.clear()
         self.faults.clear()
+        self.chat = ChatSettings()
+        self.generations = {}
+        self._release = asyncio.Event()
         self.faults.hits = 0
 
     def _live_key(self, key_hash: str) -> Key:
@@ -160,6 +179,7 @@ class OpenRouterEmulator:
         r.add_get(f"{API_PREFIX}/credits", self.get_credits)
         r.add_post(f"{API_PREFIX}/credits/coinbase", self.coinbase)
         r.add_post(f"{API_PREFIX}/chat/completions", self.chat_completions)
+        r.add_get(f"{API_PREFIX}/generation", self.get_generation)
         r.add_route("*", f"{API_PREFIX}/{{tail:.*}}", self.not_found)
 
         r.add_post(f"{CONTROL_PREFIX}/credits", self.control_set_credits)
@@ -168,6 +188,9 @@ class OpenRouterEmulator:
         r.add_get(f"{CONTROL_PREFIX}/keys", self.control_keys)
         r.add_post(f"{CONTROL_PREFIX}/models", self.control_models)
         r.add_post(f"{CONTROL_PREFIX}/reset", self.control_reset)
+        r.add_post(f"{CONTROL_PREFIX}/chat", self.control_chat)
+        r.add_post(f"{CONTROL_PREFIX}/chat/release", self.control_chat_release)
+        r.add_get(f"{CONTROL_PREFIX}/generations", self.control_generations)
         self.faults.install_control_routes(app)
         self.requests.install_control_routes(app)
         return app
@@ -323,7 +346,7 @@ class OpenRouterEmulator:
             "Please purchase credits on https://openrouter.ai/settings/credits",
         )
 
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         key = self._require_inference_key(request)
         body = await json_object(request)
         model_id = body.get("model")
@@ -338,6 +361,9 @@ class OpenRouterEmulator:
         max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ApiError(400, "max_tokens must be a positive integer")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "stream must be a boolean")
 
         served = model
         if model.completion < 0:  # a router: bill as the priciest model it could pick
@@ -345,24 +371,36 @@ class OpenRouterEmulator:
             if not priced:
                 raise ApiError(503, "No model available for routing")
             served = max(priced, key=lambda m: m.completion)
-        cost = served.completion * max_tokens
+        prompt = prompt_tokens(messages)
+        # Like OpenRouter, refuse up front when the worst case (the whole prompt and
+        # max_tokens of completion) does not fit what the key or the account has left.
+        worst = served.prompt * prompt + served.completion * max_tokens
         remaining = key.limit_remaining
-        if remaining is not None and remaining < cost:
+        if remaining is not None and remaining < worst:
             period = key.limit_reset or "total"
-            raise ApiError(403, f"Key limit exceeded ({period} limit)")
-        if self.total_credits - self.total_usage < cost:
             raise ApiError(
-                402, "Insufficient credits. Add more using https://openrouter.ai/credits"
+                402,
+                f"Key limit exceeded ({period} limit)",
+                {"limit_source": "openrouter_key_limit"},
             )
-        key.add_usage(cost)
-        self.total_usage += cost
-
-        prompt_tokens = sum(
-            len(str(m.get("content", ""))) // 4 + 1 for m in messages if isinstance(m, dict)
-        )
+        if self.total_credits - self.total_usage < worst:
+            raise ApiError(
+                402,
+                "Insufficient credits. Add more using https://openrouter.ai/credits",
+                {"limit_source": "openrouter_credits"},
+            )
+        answer = fake_answer(messages)
+        finish = "stop"
+        if count_tokens(answer) > max_tokens:
+            answer, finish = answer[: max_tokens * 4 - 4], "length"
+        generation_id = f"gen-{int(time.time())}-{secrets.token_hex(10)}"
+        if stream:
+            return await self._stream(request, key, served, generation_id, prompt, answer, finish)
+        cost = self._bill(key, served, generation_id, prompt, answer, finish, streamed=False)
+        completion = count_tokens(answer)
         return json_response(
             {
-                "id": f"gen-{int(time.time())}-{secrets.token_hex(10)}",
+                "id": generation_id,
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": served.id,
@@ -370,21 +408,138 @@ class OpenRouterEmulator:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": f"Hello from the OpenRouter emulator ({served.id}).",
-                        },
-                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": finish,
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": max_tokens,
-                    "total_tokens": prompt_tokens + max_tokens,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
                     "cost": cost,
                 },
             }
         )
+
+    def _bill(
+        self,
+        key: Key,
+        model: Model,
+        generation_id: str,
+        prompt: int,
+        answer: str,
+        finish: str,
+        *,
+        streamed: bool,
+    ) -> Decimal:
+        completion = count_tokens(answer) if answer else 0
+        cost = model.prompt * prompt + model.completion * completion
+        key.add_usage(cost)
+        self.total_usage += cost
+        self.generations[generation_id] = Generation(
+            id=generation_id,
+            model=model.id,
+            key_hash=key.hash,
+            tokens_prompt=prompt,
+            tokens_completion=completion,
+            total_cost=cost,
+            finish_reason=finish,
+            streamed=streamed,
+        )
+        return cost
+
+    async def _stream(
+        self,
+        request: web.Request,
+        key: Key,
+        model: Model,
+        generation_id: str,
+        prompt: int,
+        answer: str,
+        finish: str,
+    ) -> web.StreamResponse:
+        """Server-sent events as OpenRouter sends them: a keep-alive comment, one chunk
+        per piece of the answer, a last chunk with the finish reason, one with ``usage``
+        (with ``cost``) and ``data: [DONE]``. A client that hangs up mid-answer is
+        billed for what was generated until then (OpenRouter cancels the generation)."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], reason: str | None, **extra: Any) -> bytes:
+            payload = {
+                "id": generation_id,
+                "provider": "Emulator",
+                "model": model.id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                **extra,
+            }
+            return b"data: " + dumps(payload).encode() + b"\n\n"
+
+        sent = ""
+        settings = self.chat
+        try:
+            await response.write(b": OPENROUTER PROCESSING\n\n")
+            for index, piece in enumerate(answer_chunks(answer)):
+                if settings.error_after is not None and index >= settings.error_after:
+                    error = {"code": 502, "message": "Provider returned error"}
+                    await response.write(chunk({"content": ""}, "error", error=error))
+                    self._bill(key, model, generation_id, prompt, sent, "error", streamed=True)
+                    return response
+                if settings.hold_after is not None and index == settings.hold_after:
+                    await self._hold(request)
+                if settings.delay:
+                    await asyncio.sleep(settings.delay)
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError
+                delta: dict[str, Any] = {"role": "assistant", "content": piece}
+                await response.write(chunk(delta, None))
+                sent += piece
+            await response.write(chunk({"role": "assistant", "content": ""}, finish))
+            cost = self._bill(key, model, generation_id, prompt, sent, finish, streamed=True)
+            completion = count_tokens(sent)
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "cost": cost,
+            }
+            payload = {
+                "id": generation_id,
+                "provider": "Emulator",
+                "model": model.id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "choices": [],
+                "usage": usage,
+            }
+            await response.write(b"data: " + dumps(payload).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            if generation_id not in self.generations:
+                self._bill(key, model, generation_id, prompt, sent, "cancelled", streamed=True)
+            raise
+        return response
+
+    async def _hold(self, request: web.Request) -> None:
+        """Wait for ``/control/chat/release``, noticing a client that hung up meanwhile."""
+        while not self._release.is_set():
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), 0.02)
+
+    async def get_generation(self, request: web.Request) -> web.Response:
+        key = self._require_inference_key(request)
+        generation = self.generations.get(request.query.get("id", ""))
+        if generation is None or generation.key_hash != key.hash:
+            raise ApiError(404, "Generation not found")
+        return json_response({"data": generation.to_api()})
 
     async def not_found(self, request: web.Request) -> web.Response:
         raise ApiError(404, "Resource not found")
@@ -436,6 +591,28 @@ class OpenRouterEmulator:
             raise ApiError(400, "expected a list of models")
         self.models = [Model.from_spec(spec) for spec in specs]
         return json_response({"data": [model.to_api() for model in self.models]})
+
+    async def control_chat(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        delay = body.get("delay", 0)
+        if isinstance(delay, bool) or not isinstance(delay, int | Decimal) or delay < 0:
+            raise ApiError(400, "delay must be a non-negative number")
+        counts: dict[str, int | None] = {}
+        for name in ("hold_after", "error_after"):
+            value = body.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ApiError(400, f"{name} must be an integer or null")
+            counts[name] = value
+        self.chat = ChatSettings(delay=float(delay), **counts)
+        self._release = asyncio.Event()
+        return json_response({"ok": True})
+
+    async def control_chat_release(self, request: web.Request) -> web.Response:
+        self._release.set()
+        return json_response({"ok": True})
+
+    async def control_generations(self, request: web.Request) -> web.Response:
+        return json_response({"data": [g.to_api() for g in self.generations.values()]})
 
     async def control_reset(self, request: web.Request) -> web.Response:
         self.reset()

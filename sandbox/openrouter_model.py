@@ -6,6 +6,7 @@ Amounts are ``Decimal``; a float never reaches them (bodies are parsed with ``lo
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -279,4 +280,97 @@ class Key:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "expires_at": self.expires_at,
+        }
+
+
+# ----------------------------------------------------------------- the fake chat model
+# A deterministic stand-in for a language model, so tests can predict every answer:
+#   "echo: <text>"  → answers <text> verbatim (Markdown, "<", "&" and all);
+#   "long: <n>"     → answers n numbered words (for answers longer than one message);
+#   anything else   → "You said: <text>" plus one line naming the turn.
+# Tokens are counted as OpenRouter's tokenizers roughly do for English: ~4 characters each.
+
+
+def count_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def message_text(message: Any) -> str:
+    """The text of one chat message (``content`` may be a string or a list of parts)."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def fake_answer(messages: list[Any]) -> str:
+    users = [message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    last = users[-1] if users else ""
+    if last.startswith("echo:"):
+        return last.removeprefix("echo:").removeprefix(" ") or "…"
+    if last.startswith("long:"):
+        try:
+            words = max(1, min(int(last.removeprefix("long:").strip()), 20000))
+        except ValueError:
+            words = 10
+        return " ".join(f"word{i}" for i in range(1, words + 1))
+    return f"You said: {last}\n\nThis is turn **{len(users)}** of our conversation."
+
+
+def answer_chunks(answer: str) -> list[str]:
+    """The answer as the stream sends it: a word (with its trailing space) per chunk."""
+    return re.findall(r"\S+\s*|\s+", answer) or [answer]
+
+
+def prompt_tokens(messages: list[Any]) -> int:
+    return sum(count_tokens(message_text(m)) for m in messages)
+
+
+@dataclass
+class ChatSettings:
+    """Steering for chat completions (``POST /control/chat``): a pause between stream
+    chunks, a hold after N chunks until ``/control/chat/release``, an in-stream error
+    after N chunks. ``hold_after`` lets a test press "stop" mid-answer without a timer."""
+
+    delay: float = 0.0
+    hold_after: int | None = None
+    error_after: int | None = None
+
+
+@dataclass
+class Generation:
+    """What ``GET /generation?id=`` reports for one completion."""
+
+    id: str
+    model: str
+    key_hash: str
+    tokens_prompt: int
+    tokens_completion: int
+    total_cost: Decimal
+    finish_reason: str
+    streamed: bool
+    created_at: str = field(default_factory=now_iso)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "created_at": self.created_at,
+            "streamed": self.streamed,
+            "tokens_prompt": self.tokens_prompt,
+            "tokens_completion": self.tokens_completion,
+            "native_tokens_prompt": self.tokens_prompt,
+            "native_tokens_completion": self.tokens_completion,
+            "total_cost": self.total_cost,
+            "usage": self.total_cost,
+            "finish_reason": self.finish_reason,
+            "provider_name": "Emulator",
         }

@@ -85,6 +85,25 @@ class OpenRouterControl(_ControlClient):
         """Replace the catalogue: ``[{id, name?, prompt, completion, context_length?}]``."""
         return await self._call("POST", "/control/models", models)
 
+    async def set_chat(
+        self,
+        *,
+        delay: float = 0,
+        hold_after: int | None = None,
+        error_after: int | None = None,
+    ) -> Any:
+        """Steer the fake model's streams (see ``sandbox.openrouter_model.ChatSettings``)."""
+        body = {"delay": Decimal(str(delay)), "hold_after": hold_after, "error_after": error_after}
+        return await self._call("POST", "/control/chat", body)
+
+    async def release_chat(self) -> Any:
+        return await self._call("POST", "/control/chat/release")
+
+    async def generations(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/control/generations")
+        rows: list[dict[str, Any]] = body["data"]
+        return rows
+
 
 class KryptoExpressControl(_ControlClient):
     """``ref`` is a payment id or its hash."""

@@ -133,6 +133,40 @@ class TelegramControl(ControlClient):
         result: dict[str, Any] = await self._json("POST", "/control/updates/callback", body=body)
         return result
 
+    async def stop_generation(self, chat_id: int) -> dict[str, Any]:
+        """The user presses the stop button under the draft being generated in ``chat_id``."""
+        result: dict[str, Any] = await self._json("POST", f"/control/chats/{chat_id}/drafts/stop")
+        return result
+
+    async def set_drafts_supported(self, supported: bool) -> None:
+        await self._json("POST", "/control/drafts", body={"supported": supported})
+
+    async def drafts(self, chat_id: int) -> dict[str, Any]:
+        """``{"current": draft or None, "frames": [every draft frame sent]}``."""
+        result: dict[str, Any] = await self._json("GET", f"/control/chats/{chat_id}/drafts")
+        return result
+
+    async def wait_for_draft(
+        self, chat_id: int, predicate: Callable[[Record], bool], timeout: float = 10.0
+    ) -> Record:
+        """The first draft frame sent to ``chat_id`` satisfying ``predicate`` (long poll)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            drafts = await self.drafts(chat_id)
+            for frame in drafts["frames"]:
+                if predicate(frame):
+                    return dict(frame)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"no matching draft in chat {chat_id}: {drafts['frames']}")
+            await self._json(
+                "GET",
+                f"/control/chats/{chat_id}/wait",
+                params={"after_seq": drafts["seq"], "timeout": remaining},
+                wait=remaining,
+            )
+
     # ---------------------------------------------------------------------- inspection
     async def _snapshot(self, chat_id: int) -> tuple[list[Record], int]:
         response = await self._request("GET", f"/control/chats/{chat_id}/messages")

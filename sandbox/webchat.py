@@ -97,6 +97,7 @@ class WebChat:
         app.router.add_get("/api/files/{file_id}", self.file)
         app.router.add_post("/api/send", self.send)
         app.router.add_post("/api/press", self.press)
+        app.router.add_post("/api/stop", self.stop_draft)
         app.router.add_post("/api/language", self.language)
         app.router.add_post("/api/name", self.name)
         app.router.add_post("/api/wallet/{payment_id}/{action}", self.wallet_action)
@@ -149,7 +150,11 @@ class WebChat:
                 seq = 0
                 for chat_id in chats:
                     records, seq = await self.feed.snapshot(chat_id)
-                    payload = {"chat_id": chat_id, "messages": chat_view(records)}
+                    payload = {
+                        "chat_id": chat_id,
+                        "messages": chat_view(records),
+                        "draft": await self.feed.draft(chat_id),
+                    }
                     await _send_event(response, sent, f"chat:{chat_id}", "chat", payload)
                 await _send_event(response, sent, "panels", "panels", await self._panels(buyer))
                 # A comment line: a closed page shows up as a failed write, ending the loop.
@@ -164,6 +169,13 @@ class WebChat:
         }
 
     # ---------------------------------------------------------------- actions
+    async def stop_draft(self, request: web.Request) -> web.Response:
+        """The buyer presses ⏹ under the answer being written (a draft with can_stop)."""
+        buyer = _buyer(request.query.get("buyer"))
+        stopped = await self.feed.stop_draft(buyer)
+        self.pulse.fire()
+        return json_response({"stopped": stopped})
+
     async def send(self, request: web.Request) -> web.Response:
         """The buyer writes in the private chat, or (``admin``) the admin in the group."""
         body = await request.json()

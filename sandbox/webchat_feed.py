@@ -45,6 +45,18 @@ class ChatFeed:
         response.raise_for_status()
         return response.json(), int(response.headers.get(SEQ_HEADER, "0"))
 
+    async def draft(self, chat_id: int) -> Record | None:
+        """The draft (``sendMessageDraft``) shown in the chat now, if any."""
+        response = await self._http.get(f"/control/chats/{chat_id}/drafts")
+        response.raise_for_status()
+        current: Record | None = response.json().get("current")
+        return current
+
+    async def stop_draft(self, chat_id: int) -> bool:
+        """The buyer presses the draft's stop button; False if nothing can be stopped."""
+        response = await self._http.post(f"/control/chats/{chat_id}/drafts/stop")
+        return response.status_code == 200
+
     async def wait_change(
         self, chat_ids: list[int], after_seq: int, pulse: asyncio.Event, timeout: float
     ) -> None:

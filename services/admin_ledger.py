@@ -24,6 +24,7 @@ from core.limits import MAX_ROW_ID
 from db import repo
 from db.models import Order, OrderEvent, OrderStatus, Payment, User
 from db.status import CLOSED_UNPAID, REFUNDABLE, RETRYABLE, SETTLED
+from services.chat import ModelChatStats, chat_stats
 
 ZERO = Decimal("0.00")
 
@@ -76,6 +77,8 @@ class Stats:
     # Open now, whatever the period: what needs the operator's eye.
     pending: int
     awaiting_funds: int
+    # 💬 Chat in the period: answers, tokens and cost per model (on the buyers' keys).
+    chat: tuple[ModelChatStats, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class AdminLedger:
                     )
                 ).all()
             )
+            chat = await chat_stats(session, period.start, period.end)
         return Stats(
             period=period,
             created=created,
@@ -166,6 +170,7 @@ class AdminLedger:
             refunded=moved[OrderStatus.REFUNDED],
             pending=int(open_now.get(OrderStatus.AWAITING_PAYMENT.value, 0)),
             awaiting_funds=int(open_now.get(OrderStatus.AWAITING_FUNDS.value, 0)),
+            chat=tuple(chat),
         )
 
     async def order_dossier(self, order_id: int) -> OrderDossier | None:

@@ -203,3 +203,29 @@ async def test_wallet_admin_openrouter_and_buyers_panes(tmp_path: Path, browser_
         await page.locator("#text").fill("/start")
         await page.locator("#text").press("Enter")
         await expect(chat).to_contain_text("Привет, Tom & <Jerry>!")
+
+
+async def test_web_chat_shows_the_streaming_draft_and_stops_it(
+    tmp_path: Path, browser_ready: Any
+) -> None:
+    """💬 Chat in the web chat: the answer being written shows as a live draft bubble with
+    ⏹; pressing it keeps the part written so far as the final message."""
+    alice = 5550001
+    async with running_env(tmp_path) as env, web_page(env) as (page, _):
+        chat = page.locator("#chat")
+        order_id = await env.buy(alice)
+        await env.pay(order_id)
+        await env.delivered_message(alice, order_id)
+        await env.tg.send_text(alice, "/chat", first_name="Alice")
+        await env.tg.wait_for_text(alice, "Chat with")
+        await env.orc.set_chat(hold_after=6)
+        await env.tg.send_text(
+            alice, "echo: Streaming **works**: 1 < 2 & the rest follows", first_name="Alice"
+        )
+        draft = chat.locator(".msg.draft")
+        await expect(draft).to_contain_text("Streaming works: 1 < 2 &")
+        await expect(draft.locator("b")).to_have_text("works")
+        await _shot(page, "7-chat-streaming.png")
+        await draft.get_by_role("button", name="⏹ Stop").click()
+        await expect(chat.locator(".msg.in").last).to_contain_text("Stopped")
+        await expect(draft).to_have_count(0)

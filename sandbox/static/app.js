@@ -150,6 +150,7 @@ function connect() {
     const data = JSON.parse(event.data);
     const box = data.chat_id === state.admin.chat_id ? $("admin-chat") : $("chat");
     syncChat(box, data.messages, press);
+    syncDraft(box, data.draft, () => api("POST", `/api/stop?buyer=${state.buyer}`));
   });
   stream.addEventListener("panels", (event) => {
     const data = JSON.parse(event.data);

@@ -132,3 +132,35 @@ function syncChat(container, records, onPress) {
   if (empty && container.querySelector(".msg")) empty.remove();
   if (added || nearBottom) container.scrollTop = container.scrollHeight;
 }
+
+// The answer being generated (sendMessageDraft): a live bubble at the end of the chat,
+// with ⏹ when the bot allows stopping; it goes away when the final message arrives.
+function syncDraft(container, draft, onStop) {
+  let el = container.querySelector(".draft");
+  if (!draft) {
+    if (el) el.remove();
+    return;
+  }
+  if (!el) {
+    el = document.createElement("div");
+    el.className = "msg in draft";
+    container.append(el);
+  }
+  const text = document.createElement("div");
+  text.className = "text";
+  text.append(draft.plain ? renderEntities(draft.plain, draft.entities || [], 0, draft.plain.length) : "Thinking…");
+  const parts = [text];
+  if (draft.can_stop && !draft.stopped) {
+    const stop = document.createElement("button");
+    stop.className = "stop";
+    stop.textContent = "⏹ Stop";
+    stop.addEventListener("click", onStop);
+    parts.push(stop);
+  }
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.append(...parts);
+  el.replaceChildren(bubble);
+  container.append(el); // stays last, under any message sent meanwhile
+  container.scrollTop = container.scrollHeight;
+}

@@ -157,6 +157,7 @@ class BotApiMethods(UpdateDelivery):
         message.text, message.plain, message.entities = text, plain, entities
         message.parse_mode = params.get("parse_mode")
         message.reply_markup, message.reply_to = markup, reply_to
+        self._clear_draft(chat.id)
         ctx.touched.append(message)
         ctx.message_id = message.message_id
         return self._message_api(message)

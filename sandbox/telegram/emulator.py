@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from sandbox.common import json_response
 from sandbox.telegram.botapi import BotApiMethods
 from sandbox.telegram.control import ControlRoutes
+from sandbox.telegram.drafts import MessageDrafts
 from sandbox.telegram.errors import UNAUTHORIZED, BotApiError
 from sandbox.telegram.limits import CALLBACK_MAX_AGE
 from sandbox.telegram.model import Event
@@ -26,7 +27,7 @@ _PARAMS_ERROR_KEY = web.RequestKey("tg_params_error", BotApiError)
 _HANDLED_KEY = web.RequestKey("tg_handled", bool)
 
 
-class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers):
+class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers, MessageDrafts):
     """Bot API + control API for one bot token."""
 
     def __init__(
@@ -56,6 +57,7 @@ class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers):
                 "deleteWebhook": self._delete_webhook,
                 "getWebhookInfo": self._get_webhook_info,
                 "sendMessage": self._send_message,
+                "sendMessageDraft": self._send_message_draft,
                 "sendPhoto": self._send_photo,
                 "sendDocument": self._send_document,
                 "editMessageText": self._edit_message_text,
@@ -134,6 +136,9 @@ class TelegramEmulator(BotApiMethods, ControlRoutes, SimulatedUsers):
         app.router.add_get(f"{c}/state", self._control_state)
         app.router.add_post(f"{c}/reset", self._control_reset)
         app.router.add_post(f"{c}/limits", self._control_set_limits)
+        app.router.add_get(f"{c}/chats/{{chat_id}}/drafts", self._control_drafts)
+        app.router.add_post(f"{c}/chats/{{chat_id}}/drafts/stop", self._control_stop_draft)
+        app.router.add_post(f"{c}/drafts", self._control_set_drafts)
         app.router.add_get(f"{c}/limits", self._control_get_limits)
         app.router.add_get(f"{c}/rate_stats", self._control_rate_stats)
 

@@ -95,8 +95,16 @@ class EmulatorState:
         self.bot_texts: dict[tuple[str, str], str] = {}
         self.flood = FloodControl()
         self.callback_max_age = self.default_callback_max_age
+        self.drafts_supported = True
+        self._reset_drafts()
 
     # ------------------------------------------------------------ change notification
+    def _reset_drafts(self) -> None:
+        """Overridden by ``sandbox.telegram.drafts.MessageDrafts``."""
+
+    def _clear_draft(self, chat_id: int) -> None:
+        """Overridden by ``sandbox.telegram.drafts.MessageDrafts``."""
+
     def _notify(self) -> None:
         """Wake every long poll; each re-checks its own condition."""
         self._changed.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -232,30 +233,37 @@ async def test_spend_shows_in_key_views_and_credits(env: Env) -> None:
 
 
 async def test_chat_completion_bills_and_stops_at_limit(env: Env) -> None:
-    # 100 tokens of Sonnet = 100 * 0.000015 = 0.0015 per call; the limit pays for two.
-    data, plaintext = await create_key(env, "chatter", Decimal("0.003"))
+    # "echo: abcdefgh": prompt 14 chars = 4 tokens, answer "abcdefgh" = 3 tokens.
+    # Sonnet: 4 × 0.000003 + 3 × 0.000015 = 0.000057 per call. The worst case checked up
+    # front (prompt + max_tokens 10) is 0.000012 + 0.00015 = 0.000162.
+    data, plaintext = await create_key(env, "chatter", Decimal("0.0003"))
     request = {
         "model": "anthropic/claude-3-sonnet",
-        "messages": [{"role": "user", "content": "hi"}],
+        "messages": [{"role": "user", "content": "echo: abcdefgh"}],
+        "max_tokens": 10,
     }
-    for expected_usage in (Decimal("0.0015"), Decimal("0.003")):
+    for expected_usage in (Decimal("0.000057"), Decimal("0.000114"), Decimal("0.000171")):
         status, body = await env.call("POST", "/chat/completions", key=plaintext, body=request)
         assert status == 200, body
         assert body["id"].startswith("gen-") and body["model"] == "anthropic/claude-3-sonnet"
-        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["choices"][0]["message"] == {"role": "assistant", "content": "abcdefgh"}
         assert body["choices"][0]["finish_reason"] == "stop"
-        assert body["usage"]["completion_tokens"] == 100
-        assert body["usage"]["cost"] == Decimal("0.0015")
+        assert body["usage"]["prompt_tokens"] == 4
+        assert body["usage"]["completion_tokens"] == 3
+        assert body["usage"]["cost"] == Decimal("0.000057")
         _, key = await env.call("GET", f"/keys/{data['hash']}")
         assert key["data"]["usage"] == expected_usage
+        _, stats = await env.call("GET", "/generation", key=plaintext, params={"id": body["id"]})
+        assert stats["data"]["total_cost"] == Decimal("0.000057")
 
+    # 0.000129 left < the worst case: refused with 402, as OpenRouter does, nothing billed.
     status, body = await env.call("POST", "/chat/completions", key=plaintext, body=request)
-    assert status == 403
-    assert body["error"] == {"code": 403, "message": "Key limit exceeded (total limit)"}
+    assert status == 402
+    assert body["error"]["message"] == "Key limit exceeded (total limit)"
     _, credits = await env.call("GET", "/credits")
-    assert credits["data"]["total_usage"] == Decimal("0.003")
+    assert credits["data"]["total_usage"] == Decimal("0.000171")
 
-    # Remaining is 0 now: anything priced is refused, a free model still answers.
+    # A free model still answers.
     free = {**request, "model": "mistralai/mistral-7b-instruct:free"}
     status, _ = await env.call("POST", "/chat/completions", key=plaintext, body=free)
     assert status == 200
@@ -267,10 +275,82 @@ async def test_chat_completion_bills_and_stops_at_limit(env: Env) -> None:
     status, body = await env.call("POST", "/chat/completions", key="sk-or-v1-x", body=free)
     assert status == 401
     # The account's own ordinary key works without a limit.
-    status, body = await env.call(
-        "POST", "/chat/completions", key=API_KEY, body={**request, "max_tokens": 10}
-    )
-    assert status == 200 and body["usage"]["cost"] == Decimal("0.00015")
+    status, body = await env.call("POST", "/chat/completions", key=API_KEY, body=request)
+    assert status == 200 and body["usage"]["cost"] == Decimal("0.000057")
+
+
+def _events(raw: bytes) -> list[str]:
+    return [block for block in raw.decode().split("\n\n") if block]
+
+
+async def test_chat_stream_sends_chunks_usage_and_done(env: Env) -> None:
+    data, plaintext = await create_key(env, "streamer", Decimal("1"))
+    request = {
+        "model": "anthropic/claude-3-sonnet",
+        "messages": [{"role": "user", "content": "echo: **bold** <b> & more"}],
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    response = await env.http.post("/chat/completions", headers=headers, content=dumps(request))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = _events(response.content)
+    assert blocks[0] == ": OPENROUTER PROCESSING" and blocks[-1] == "data: [DONE]"
+    chunks = [loads(b.removeprefix("data: ")) for b in blocks[1:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "**bold** <b> & more"
+    assert len([c for c in chunks if c["choices"]]) > 2  # it really streams in pieces
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finish[-1] == "stop"
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    _, key = await env.call("GET", f"/keys/{data['hash']}")
+    assert key["data"]["usage"] == usage["cost"] > 0
+
+
+async def test_chat_stream_hangup_bills_what_was_generated(env: Env) -> None:
+    data, plaintext = await create_key(env, "quitter", Decimal("1"))
+    await env.control.set_chat(hold_after=2)
+    request = {
+        "model": "anthropic/claude-3-sonnet",
+        "messages": [{"role": "user", "content": "long: 50"}],
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    async with env.http.stream(
+        "POST", "/chat/completions", headers=headers, content=dumps(request)
+    ) as response:
+        seen = ""
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                seen += loads(line.removeprefix("data: "))["choices"][0]["delta"]["content"]
+            if seen.count("word") == 2:
+                break
+    assert seen == "word1 word2 "
+    for _ in range(200):
+        if await env.control.generations():
+            break
+        await asyncio.sleep(0.01)
+    [generation] = await env.control.generations()
+    assert generation["finish_reason"] == "cancelled"
+    assert generation["tokens_completion"] == 4  # "word1 word2 " = 12 chars
+    _, key = await env.call("GET", f"/keys/{data['hash']}")
+    assert key["data"]["usage"] == generation["total_cost"]
+
+
+async def test_chat_stream_error_mid_answer(env: Env) -> None:
+    _, plaintext = await create_key(env, "unlucky", Decimal("1"))
+    await env.control.set_chat(error_after=1)
+    request = {
+        "model": "anthropic/claude-3-sonnet",
+        "messages": [{"role": "user", "content": "long: 5"}],
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    response = await env.http.post("/chat/completions", headers=headers, content=dumps(request))
+    chunks = [loads(b.removeprefix("data: ")) for b in _events(response.content)[1:]]
+    assert chunks[-1]["error"]["code"] == 502
+    assert chunks[-1]["choices"][0]["finish_reason"] == "error"
 
 
 async def test_coinbase_is_gone(env: Env) -> None:

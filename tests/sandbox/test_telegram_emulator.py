@@ -554,3 +554,53 @@ async def test_anonymous_admin_writes_on_behalf_of_the_group(bot: Bot, tg: Teleg
     assert (message.from_user.id, message.from_user.username) == (1087968824, "GroupAnonymousBot")
     with pytest.raises(TelegramControlError, match="as_chat needs a group"):
         await tg.send_text(USER, "hi", as_chat=True)
+
+
+async def test_message_draft_streams_stops_and_is_replaced_by_the_message(
+    bot: Bot, tg: TelegramControl
+) -> None:
+    """sendMessageDraft (Bot API 9.x): frames under one draft_id; the stop button sends a
+    ``stopped_message_generation`` update; sendMessage replaces the draft."""
+    stopped: asyncio.Queue[int] = asyncio.Queue()
+    router = Router()
+
+    @router.stopped_message_generation()
+    async def on_stop(event: Any) -> None:
+        await stopped.put(event.draft_id)
+
+    dp = Dispatcher()
+    dp.include_router(router)
+    await tg.send_text(USER, "hi")  # opens the private chat
+    polling = asyncio.create_task(
+        dp.start_polling(
+            bot,
+            handle_signals=False,
+            close_bot_session=False,
+            allowed_updates=dp.resolve_used_update_types(),
+        )
+    )
+    try:
+        assert await bot.send_message_draft(chat_id=USER, draft_id=7, text="")  # "Thinking…"
+        await bot.send_message_draft(chat_id=USER, draft_id=7, text="<b>Hel</b>", parse_mode="HTML")
+        await bot.send_message_draft(
+            chat_id=USER, draft_id=7, text="<b>Hello</b> &amp;", parse_mode="HTML", can_stop=True
+        )
+        drafts = await tg.drafts(USER)
+        assert drafts["current"]["plain"] == "Hello &" and drafts["current"]["frames"] == 3
+        assert [f["plain"] for f in drafts["frames"]] == ["", "Hel", "Hello &"]
+        await tg.stop_generation(USER)
+        assert await asyncio.wait_for(stopped.get(), 3) == 7
+        with pytest.raises(TelegramControlError):
+            await tg.stop_generation(USER)  # nothing left to stop
+
+        await bot.send_message_draft(chat_id=USER, draft_id=8, text="again", can_stop=True)
+        await bot.send_message(USER, "final")
+        assert (await tg.drafts(USER))["current"] is None
+        with pytest.raises(TelegramBadRequest, match="draft_id"):
+            await bot.send_message_draft(chat_id=USER, draft_id=0, text="x")
+        await tg.set_drafts_supported(False)
+        with pytest.raises(TelegramBadRequest, match="drafts are unavailable"):
+            await bot.send_message_draft(chat_id=USER, draft_id=9, text="x")
+    finally:
+        await dp.stop_polling()
+        await polling
