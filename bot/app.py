@@ -166,6 +166,7 @@ class BotApp:
                 timeout=float(s.chat_timeout_seconds),
                 rate_per_minute=s.chat_rate_per_minute,
             ),
+            self.metrics,
         )
         ledger = AdminLedger(self.sessions)
         # The one admin object the handlers get; the reports share its balance.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -122,6 +123,27 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.chat_answers = Counter(
+            "aitoken_chat_answers",
+            "In-bot chat answers on buyers' own keys, by model and outcome (done, stopped, "
+            "timeout, failed, credit = the key's credit used up).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.chat_tokens = Counter(
+            "aitoken_chat_tokens",
+            "Tokens of in-bot chat answers as OpenRouter billed them, by model and kind "
+            "(prompt, completion).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.chat_cost = Counter(
+            "aitoken_chat_cost_usd",
+            "What in-bot chat answers cost on the buyers' keys (OpenRouter's usage.cost), "
+            "by model.",
+            ["model"],
+            registry=r,
+        )
         self.telegram = TelegramSeen()
 
     # Small verbs for the callers, so they need not know label names.
@@ -136,6 +158,22 @@ class Metrics:
 
     def external_error(self, service: str, kind: str) -> None:
         self.external_errors.labels(service=service, kind=kind).inc()
+
+    def chat_answered(
+        self,
+        model: str,
+        outcome: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: Decimal | None,
+    ) -> None:
+        self.chat_answers.labels(model=model, outcome=outcome).inc()
+        self.chat_tokens.labels(model=model, kind="prompt").inc(prompt_tokens)
+        self.chat_tokens.labels(model=model, kind="completion").inc(completion_tokens)
+        if cost is not None:
+            # Prometheus holds floats only; the stored answers keep the Decimal.
+            self.chat_cost.labels(model=model).inc(float(cost))
 
     def job_succeeded(self, job: str) -> None:
         self.job_last_success.labels(job=job).set(time.time())

@@ -32,6 +32,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
+from core.metrics import Metrics
 from db import repo
 from db.models import ChatMessage
 from services.errors import DomainError
@@ -93,18 +94,6 @@ class ChatSettings:
     rate_per_minute: int
 
 
-@dataclass
-class ChatCounters:
-    """Since this process started: answers, tokens and cost per model, refusals by
-    reason. ``ChatService.metrics()`` hands them to a metrics endpoint."""
-
-    answers: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    prompt_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    completion_tokens: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    cost: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-
 @dataclass(frozen=True)
 class ModelChatStats:
     model: str
@@ -134,12 +123,15 @@ class ChatService:
         client: OpenRouterChat,
         vault: KeyVault,
         settings: ChatSettings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
         self.client = client
         self.vault = vault
         self.settings = settings
-        self.counters = ChatCounters()
+        # Answers, tokens and cost per model for /metrics (core.metrics); /stats reads
+        # the stored answers instead, so it agrees across replicas and restarts.
+        self.metrics = metrics or Metrics()
         self._inflight: dict[int, _InFlight] = {}
         self._recent: dict[int, deque[float]] = defaultdict(deque)
 
@@ -374,17 +366,13 @@ class ChatService:
             )
 
     def _count(self, answer: ChatAnswer) -> None:
-        c = self.counters
-        c.outcomes[answer.outcome.value] += 1
-        if answer.text:
-            c.answers[answer.model] += 1
-            c.prompt_tokens[answer.model] += answer.tokens_prompt
-            c.completion_tokens[answer.model] += answer.tokens_completion
-            c.cost[answer.model] += answer.cost or Decimal(0)
-
-    def metrics(self) -> ChatCounters:
-        """This process's chat counters, for a metrics endpoint (issue 13)."""
-        return self.counters
+        self.metrics.chat_answered(
+            answer.model,
+            answer.outcome.value,
+            prompt_tokens=answer.tokens_prompt if answer.text else 0,
+            completion_tokens=answer.tokens_completion if answer.text else 0,
+            cost=answer.cost if answer.text else None,
+        )
 
 
 async def chat_stats(session: AsyncSession, start: datetime, end: datetime) -> list[ModelChatStats]:

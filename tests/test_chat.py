@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from db.models import ChatMessage
@@ -108,6 +109,20 @@ async def test_buyer_chats_sees_the_stream_and_pays_what_the_footers_say(tmp_pat
             r.tokens_completion or 0 for r in rows
         )
         assert f"anthropic/claude-3-sonnet: 2 · {tokens:,} · ${sum(costs)}" in stats["plain"]
+        # /metrics counts the same answers, tokens and cost.
+        registry = env.app.metrics.registry
+        model = {"model": "anthropic/claude-3-sonnet"}
+        assert (
+            registry.get_sample_value("aitoken_chat_answers_total", model | {"outcome": "done"})
+            == 2
+        )
+        billed = [
+            registry.get_sample_value("aitoken_chat_tokens_total", model | {"kind": kind})
+            for kind in ("prompt", "completion")
+        ]
+        assert sum(v or 0 for v in billed) == tokens
+        cost = registry.get_sample_value("aitoken_chat_cost_usd_total", model)
+        assert cost == pytest.approx(float(sum(costs)))
 
         # The plaintext key reaches neither the conversation nor the answers.
         plaintext = emulated["key"]
