@@ -43,7 +43,8 @@ from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
 from processing.observe import OpsRoutes
-from processing.outbox import OutboxSender
+from processing.outbox import OutboxSender, SendLimits
+from processing.outbox.shared import SharedBudget, budget_prefix
 from processing.payments import AITokenPaymentProcessor
 from processing.readiness import Readiness
 from processing.scheduler import JobIntervals, build_scheduler, job_table
@@ -223,7 +224,15 @@ class BotApp:
         # webhook set without the list would keep whatever list an earlier setWebhook gave.
         self.allowed_updates = self.dp.resolve_used_update_types()
 
-        self.outbox = OutboxSender(self.sessions, self.bot, self.vault, self.notifier)
+        self._redis = self._redis_client()
+        shared = None
+        if self._redis is not None:
+            # One budget per bot token: every replica of this bot shares it.
+            prefix = budget_prefix(_secret(s.bot_token) or "")
+            shared = SharedBudget(self._redis, prefix, SendLimits())
+        self.outbox = OutboxSender(
+            self.sessions, self.bot, self.vault, self.notifier, shared=shared
+        )
         self.fulfilment.wake = self.outbox.wake
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
@@ -266,7 +275,6 @@ class BotApp:
         )
         for client in (self.openrouter, *self.providers.values()):
             observe_errors(client, self.metrics.external_error)
-        self._redis = self._redis_client()
         OpsRoutes(
             self.metrics,
             self.sessions,
@@ -299,7 +307,8 @@ class BotApp:
         return SqliteBackup(database, Path(s.backup_dir), s.backup_keep)
 
     def _redis_client(self) -> Redis | None:
-        """For the readiness PING only (the FSM storage keeps its own connection)."""
+        """For the readiness PING, the replicas' shared Telegram budget and job locks
+        (the FSM storage keeps its own connection)."""
         if not self.settings.redis_url:
             return None
         from redis.asyncio import Redis

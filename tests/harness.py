@@ -31,6 +31,25 @@ from sandbox.telegram_control import TelegramControl
 IDLE = 3600.0
 
 
+async def redis_url(db: int) -> str:
+    """A Redis database for one test file, emptied first; the test is skipped (with the
+    reason shown) where no Redis runs, except in CI, which must run it."""
+    import pytest
+    from redis.asyncio import Redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + f"/{db}"
+    client = Redis.from_url(url)
+    try:
+        await client.flushdb()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"Redis not reachable at {url} ({type(exc).__name__}): SKIPPED")
+    finally:
+        await client.aclose()
+    return url
+
+
 def database_url(tmp_path: Path) -> str:
     return os.environ.get("TEST_DATABASE_URL") or temp_sqlite_url(tmp_path)
 

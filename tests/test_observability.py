@@ -24,7 +24,7 @@ from core.metrics import PREFIX, STATE, Metrics, TelegramSeen
 from db.models import OutboxMessage
 from processing.readiness import Readiness
 from sandbox.runner import BOT_TOKEN
-from tests.harness import Env, running_env
+from tests.harness import Env, redis_url, running_env
 
 BUYER = 818181
 BUYER2 = 818182
@@ -211,7 +211,7 @@ async def test_readyz_names_a_stopped_scheduler(tmp_path: Path) -> None:
 
 
 async def test_readyz_pings_redis_when_configured(tmp_path: Path) -> None:
-    async with running_env(tmp_path, redis_url="redis://127.0.0.1:6379/3") as env:
+    async with running_env(tmp_path, redis_url=await redis_url(3)) as env:
         status, body = await ready(env)
         assert status == 200, body
         assert body["checks"]["redis"] == "ok"

@@ -98,6 +98,8 @@ class RateLimiter:
         )
         self._chats: dict[int, _Bucket] = {}
         self._groups: dict[int, _Window] = {}
+        # Chats another replica's sends keep waiting (shared.SharedBudget): chat → until.
+        self._held: dict[int, float] = {}
 
     def _bucket(self, chat_id: int, now: float) -> _Bucket:
         bucket = self._chats.get(chat_id)
@@ -117,9 +119,19 @@ class RateLimiter:
             )
         return group
 
+    def hold(self, chat_id: int, until: float) -> None:
+        """This chat may not send before ``until`` (what other replicas spent says so)."""
+        self._held[chat_id] = max(until, self._held.get(chat_id, until))
+
     def chat_delay(self, chat_id: int, now: float) -> float:
         """Seconds until this chat may send again (the overall pace aside)."""
         wait = self._bucket(chat_id, now).delay(now)
+        held = self._held.get(chat_id)
+        if held is not None:
+            if held <= now:
+                del self._held[chat_id]
+            else:
+                wait = max(wait, held - now)
         group = self._group(chat_id)
         return max(wait, group.delay(now)) if group is not None else wait
 
@@ -134,7 +146,7 @@ class RateLimiter:
     def waiting_chats(self, now: float) -> list[int]:
         """Chats that cannot send within the horizon (their rows are not even read)."""
         self._forget_idle(now)
-        chats = set(self._chats) | set(self._groups)
+        chats = set(self._chats) | set(self._groups) | set(self._held)
         return [c for c in chats if self.chat_delay(c, now) > READY_HORIZON]
 
     def take(self, chat_id: int, now: float) -> None:

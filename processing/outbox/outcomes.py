@@ -38,6 +38,7 @@ from db.status import OutboxStatus
 from locales import translator
 from processing.outbox.delivery import Delivery
 from processing.outbox.limits import RateLimiter
+from processing.outbox.shared import SharedBudget
 from services.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SendOutcomes(Delivery):
     notifier: Notifier
     sent_count: int
     _limiter: RateLimiter
+    shared: SharedBudget | None
     _paused_until: float
     _wake: asyncio.Event
 
@@ -63,6 +65,8 @@ class SendOutcomes(Delivery):
         except TelegramRetryAfter as exc:
             self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
             log.warning("outbox_rate_limited chat=%s retry_after=%s", row.chat_id, exc.retry_after)
+            if self.shared is not None:
+                await self.shared.pause(exc.retry_after)  # every replica stops, not just us
             await self._retry(row, delay=float(exc.retry_after), error="429", count=False)
             return False
         except TelegramMigrateToChat as exc:

@@ -17,9 +17,10 @@ from db import repo
 from db.models import OutboxMessage
 from db.status import OutboxStatus
 from processing.outbox.coalesce import COALESCE_MAX, chat_bundles, joined_row
-from processing.outbox.limits import RateLimiter, SendLimits
+from processing.outbox.limits import READY_HORIZON, RateLimiter, SendLimits
 from processing.outbox.outcomes import SendOutcomes
 from processing.outbox.progress import BroadcastProgress
+from processing.outbox.shared import SharedBudget
 from services.broadcast import BroadcastService
 from services.notify import Notifier
 from services.vault import KeyVault
@@ -44,8 +45,11 @@ class OutboxSender(SendOutcomes):
         *,
         limits: SendLimits | None = None,
         progress_interval: float = 3.0,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.sessions = sessions
+        # Every replica's Telegram budget (Redis), on top of this process's own pacing.
+        self.shared = shared
         self.bot = bot
         self.vault = vault
         self.notifier = notifier
@@ -62,6 +66,8 @@ class OutboxSender(SendOutcomes):
         """Replace the limits (and forget what was sent under the old ones)."""
         self.limits = limits
         self._limiter = RateLimiter(limits)
+        if self.shared is not None:
+            self.shared.configure(limits)
         self._overall_lock = asyncio.Lock()
         self._pool = asyncio.Semaphore(limits.concurrency)
 
@@ -153,13 +159,28 @@ class OutboxSender(SendOutcomes):
         return ok
 
     async def _acquire_slot(self, chat_id: int) -> bool:
-        """Wait for the overall pace and this chat's limits; False if sending must stop."""
+        """Wait for the overall pace and this chat's limits; False if sending must stop
+        (or, with replicas, this chat must wait longer than a claim should be held)."""
         async with self._overall_lock:  # FIFO: lanes take turns in claim order
             while True:
                 now = time.monotonic()
                 if self._stopping or now < self._paused_until:
                     return False
                 wait = max(self._limiter.overall.delay(now), self._limiter.chat_delay(chat_id, now))
+                if wait <= 0 and self.shared is not None:
+                    booked = await self.shared.reserve(chat_id)
+                    now = time.monotonic()
+                    if booked.paused:
+                        # Another replica met a 429: Telegram blocks the whole bot.
+                        self._paused_until = max(self._paused_until, now + booked.wait)
+                        return False
+                    if booked.wait > READY_HORIZON:
+                        # Other replicas spent this chat's budget (the admin group's 20 a
+                        # minute): give the rows back rather than sit on the claim, and
+                        # leave the chat out of the next claims until it may send.
+                        self._limiter.hold(chat_id, now + booked.wait)
+                        return False
+                    wait = booked.wait
                 if wait <= 0:
                     self._limiter.take(chat_id, now)
                     return True
