@@ -42,6 +42,7 @@ from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
+from processing.joblock import JobLock
 from processing.observe import OpsRoutes
 from processing.outbox import OutboxSender, SendLimits
 from processing.outbox.shared import SharedBudget, budget_prefix
@@ -226,10 +227,12 @@ class BotApp:
 
         self._redis = self._redis_client()
         shared = None
+        self.job_lock: JobLock | None = None
         if self._redis is not None:
-            # One budget per bot token: every replica of this bot shares it.
+            # One budget and one set of job claims per bot token: its replicas share them.
             prefix = budget_prefix(_secret(s.bot_token) or "")
             shared = SharedBudget(self._redis, prefix, SendLimits())
+            self.job_lock = JobLock(self._redis, prefix)
         self.outbox = OutboxSender(
             self.sessions, self.bot, self.vault, self.notifier, shared=shared
         )
@@ -272,6 +275,7 @@ class BotApp:
             ),
             timezone=s.timezone,
             on_success=self.metrics.job_succeeded,
+            lock=self.job_lock,
         )
         for client in (self.openrouter, *self.providers.values()):
             observe_errors(client, self.metrics.external_error)

@@ -32,6 +32,7 @@ from processing.admin_reports import REPORT_MISFIRE_GRACE, AdminReports
 from processing.alerts import SUMMARY_GRACE, BuyerAlerts
 from processing.backup import SqliteBackup
 from processing.fulfilment import Fulfilment
+from processing.joblock import JobLock, hold_for
 from processing.payments import AITokenPaymentProcessor
 from services.errors import ExternalError
 from services.notify import Notifier
@@ -69,12 +70,19 @@ def guarded(
     name: str,
     job: Callable[[], Awaitable[Any]],
     on_success: Callable[[str], None] | None = None,
+    *,
+    lock: JobLock | None = None,
+    hold: float = 0.0,
 ) -> Callable[[], Awaitable[None]]:
     """A failed run is logged and the next one tries again; nothing reaches APScheduler.
     An unreachable service is expected weather (WARNING); anything else is a bug. A run
-    that ends without an error is reported to ``on_success`` (/metrics shows its time)."""
+    that ends without an error is reported to ``on_success`` (/metrics shows its time).
+    With a ``lock`` (replicas sharing Redis), a run happens only on the replica that
+    claims the job for ``hold`` seconds (processing/joblock.py)."""
 
     async def run() -> None:
+        if lock is not None and not await lock.claim(name, hold):
+            return
         try:
             await job()
         except ExternalError as exc:
@@ -228,11 +236,15 @@ def build_scheduler(
     *,
     timezone: str = "UTC",
     on_success: Callable[[str], None] | None = None,
+    lock: JobLock | None = None,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=timezone, job_defaults=dict(JOB_DEFAULTS))
     for job in jobs:
+        interval = job.when.get("seconds") if job.trigger == "interval" else None
+        if job.trigger == "interval" and "days" in job.when:
+            interval = float(job.when["days"]) * 86400
         scheduler.add_job(
-            guarded(job.name, job.run, on_success),
+            guarded(job.name, job.run, on_success, lock=lock, hold=hold_for(interval)),
             job.trigger,
             id=job.name,
             name=job.name,

@@ -6,6 +6,7 @@ emulator that enforces Telegram's limits and answers 429 beyond them."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from pathlib import Path
@@ -151,3 +152,50 @@ async def test_a_429_at_one_replica_pauses_both(tmp_path: Path) -> None:
             assert set(sent.values()) == {1} and len(sent) == len(buyers)
         finally:
             await second.stop()
+
+
+async def test_two_schedulers_run_each_job_once_per_interval() -> None:
+    """Two replicas' schedulers (real APScheduler, real Redis claims): a 0.5 s job runs
+    once per interval between them, not once per replica; a replica that dies holding the
+    claim is replaced when the claim runs out."""
+    from redis.asyncio import Redis
+
+    from processing.joblock import JobLock
+    from processing.scheduler import Job, build_scheduler
+
+    url = await redis_url(REDIS_DB)
+    redis = Redis.from_url(url)
+    runs: list[tuple[str, float]] = []
+
+    def job(replica: str) -> Job:
+        async def run() -> None:
+            runs.append((replica, time.monotonic()))
+
+        return Job("tick", run, "interval", {"seconds": 0.5}, idempotent=True)
+
+    try:
+        schedulers = [
+            build_scheduler([job(name)], lock=JobLock(redis, "test:replicas:"))
+            for name in ("a", "b")
+        ]
+        started = time.monotonic()
+        for scheduler in schedulers:
+            scheduler.start()
+        await asyncio.sleep(4.2)
+        for scheduler in schedulers:
+            scheduler.shutdown(wait=False)
+        elapsed = time.monotonic() - started
+        # Each scheduler ticked ~8 times; unlocked that is ~16 runs, locked ~8.
+        assert len(runs) <= elapsed / 0.5 + 1, runs
+        assert len(runs) >= 4, runs
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(runs)]
+        assert min(gaps) > 0.3, gaps  # never two runs in one interval
+
+        # A holder that died: its claim (held 0.4 s) lapses and the other replica runs.
+        lock = JobLock(redis, "test:replicas:")
+        assert await lock.claim("orphan", 0.4)
+        assert not await JobLock(redis, "test:replicas:").claim("orphan", 0.4)
+        await asyncio.sleep(0.5)
+        assert await JobLock(redis, "test:replicas:").claim("orphan", 0.4)
+    finally:
+        await redis.aclose()
