@@ -332,6 +332,14 @@ class BotApp:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self, *, polling: bool = True) -> None:
+        if not self.settings.redis_url and self.engine.dialect.name == "postgresql":
+            # A shared database invites a second replica; without Redis it would keep
+            # its own FSM, Telegram budget and scheduler (docs/deploy.md, "replicas").
+            log.warning(
+                "replicas_unsafe_without_redis: run ONE replica on this database or set "
+                "REDIS_URL (buyers' dialog state, Telegram's send limits and scheduled "
+                "jobs are per process without it)"
+            )
         await upgrade_to_head(self.engine)
         await self.admin_chat.load()
         self._runner = web.AppRunner(self.web, access_log=None)

@@ -1,24 +1,33 @@
-"""Two replicas on one bot token (issue 13 item 6): Telegram's budget is shared through
-Redis, so together they stay within 30 sends/s and the admin group's 20 per window, and a
-429 met by one pauses both. Real BotApps on one database, one Redis and one Telegram
-emulator that enforces Telegram's limits and answers 429 beyond them."""
+"""Several replicas on one bot token (issue 13 item 6), each proven against real parts:
+Telegram's budget shared through Redis (two BotApps, one database, one Telegram emulator
+that enforces the limits and answers 429 beyond them), a 429 at one pausing both, each
+scheduled job once per interval between two schedulers, and two processes migrating one
+PostgreSQL database at the same moment."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+import pytest
+from alembic.script import ScriptDirectory
+from redis.asyncio import Redis
+from sqlalchemy import func, insert, select, text
 
 from bot.app import BotApp
 from core.clock import utcnow
 from db import repo
+from db.engine import create_engine, wipe_postgres
+from db.migrate import ROOT, alembic_config
 from db.models import OutboxMessage, User
+from processing.joblock import JobLock
 from processing.outbox import SendLimits
-from processing.scheduler import JobIntervals
+from processing.scheduler import Job, JobIntervals, build_scheduler
 from sandbox.runner import BOT_TOKEN
 from tests.harness import IDLE, Env, database_url, redis_url, running_env
 
@@ -158,10 +167,6 @@ async def test_two_schedulers_run_each_job_once_per_interval() -> None:
     """Two replicas' schedulers (real APScheduler, real Redis claims): a 0.5 s job runs
     once per interval between them, not once per replica; a replica that dies holding the
     claim is replaced when the claim runs out."""
-    from redis.asyncio import Redis
-
-    from processing.joblock import JobLock
-    from processing.scheduler import Job, build_scheduler
 
     url = await redis_url(REDIS_DB)
     redis = Redis.from_url(url)
@@ -199,3 +204,52 @@ async def test_two_schedulers_run_each_job_once_per_interval() -> None:
         assert await JobLock(redis, "test:replicas:").claim("orphan", 0.4)
     finally:
         await redis.aclose()
+
+
+MIGRATE = """
+import asyncio, sys
+from db.engine import create_engine
+from db.migrate import upgrade_to_head
+
+async def main(url):
+    engine = create_engine(url)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_two_processes_starting_together_migrate_one_database(tmp_path: Path) -> None:
+    """Two replicas' start-up migrations at the same moment on one empty PostgreSQL
+    database: both come up, the schema is at head once (the advisory lock in db/migrate)."""
+
+    url = database_url(tmp_path)
+    if not url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only (SQLite runs one replica): set TEST_DATABASE_URL")
+    await wipe_postgres(url)
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            MIGRATE,
+            url,
+            cwd=ROOT,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    results = [await proc.communicate() for proc in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            versions = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+            assert [row[0] for row in versions] == [head]
+    finally:
+        await engine.dispose()
