@@ -246,3 +246,30 @@ async def test_chat_switched_off_or_without_a_key(tmp_path: Path) -> None:
         await env.start_chat(BUYER)
         await env.tg.send_text(BUYER, "/chat")
         await env.tg.wait_for_text(BUYER, "Buy AI tokens first")
+
+
+async def test_a_model_that_takes_too_long_gets_a_clear_message(tmp_path: Path) -> None:
+    async with running_env(tmp_path, chat_timeout_seconds=5) as env:
+        await _delivered(env)
+        await _enter_chat(env)
+        await env.orc.set_chat(hold_after=2)  # the model stalls after two pieces
+        await env.tg.send_text(BUYER, "long: 10")
+        await env.tg.wait_for_text(BUYER, "took too long to answer", timeout=20)
+        await env.orc.release_chat()
+        # The buyer may ask again at once: nothing is left in flight.
+        await env.orc.set_chat()
+        await env.tg.send_text(BUYER, "echo: again")
+        await env.tg.wait_for_text(BUYER, "again")
+        texts = [m["plain"] or "" for m in await env.tg.messages(BUYER) if m["from_bot"]]
+        assert not any("still answering" in t for t in texts)
+
+
+async def test_too_many_messages_a_minute_are_refused_politely(tmp_path: Path) -> None:
+    async with running_env(tmp_path, chat_rate_per_minute=1) as env:
+        await _delivered(env)
+        await _enter_chat(env)
+        await env.tg.send_text(BUYER, "echo: first")
+        await env.tg.wait_for_text(BUYER, "This answer:")
+        await env.tg.send_text(BUYER, "echo: second")
+        await env.tg.wait_for_text(BUYER, "That's a lot of messages in a minute")
+        assert len(_completions(await env.orc.requests())) == 1
