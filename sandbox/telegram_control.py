@@ -72,6 +72,12 @@ class TelegramControl(ControlClient):
         return response.json()
 
     # ------------------------------------------------------------------ user actions
+    async def send_photo(self, user_id: int, caption: str = "") -> dict[str, Any]:
+        """The user sends a photo (with an optional caption) in their private chat."""
+        body: dict[str, Any] = {"user_id": user_id, "photo": True, "text": caption}
+        result: dict[str, Any] = await self._json("POST", "/control/updates/message", body=body)
+        return result
+
     async def send_text(
         self,
         user_id: int,

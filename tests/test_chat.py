@@ -273,3 +273,12 @@ async def test_too_many_messages_a_minute_are_refused_politely(tmp_path: Path) -
         await env.tg.send_text(BUYER, "echo: second")
         await env.tg.wait_for_text(BUYER, "That's a lot of messages in a minute")
         assert len(_completions(await env.orc.requests())) == 1
+
+
+async def test_a_photo_in_chat_mode_is_refused_politely(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await _delivered(env)
+        await _enter_chat(env)
+        await env.tg.send_photo(BUYER, caption="what is this?")
+        await env.tg.wait_for_text(BUYER, "I can read text only")
+        assert _completions(await env.orc.requests()) == []

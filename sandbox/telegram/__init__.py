@@ -18,7 +18,8 @@ Test steering lives under ``/control/`` (JSON, never faulted, never in the event
 
 - ``POST /control/chats`` ``{chat_id, type, title?, first_name?, username?, is_forum?}``
 - ``POST /control/updates/message`` ``{user_id, text, first_name?, username?,
-  language_code?, chat_id?}`` -> ``{update_id, message_id, queued}``
+  language_code?, chat_id?, photo?}`` -> ``{update_id, message_id, queued}`` (``photo``:
+  the user sends a picture, ``text`` its caption)
 - ``POST /control/updates/callback`` ``{user_id, message_id, data, chat_id?}`` ->
   ``{update_id, callback_query_id, queued}`` (data may be forged)
 - ``POST /control/updates/press`` ``{user_id, text, chat_id?, message_id?, match?}`` ->

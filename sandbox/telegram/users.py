@@ -185,8 +185,11 @@ class SimulatedUsers(UpdateDelivery):
         body = await json_body(request)
         user_id = as_int(body.get("user_id"))
         text = body.get("text")
-        if user_id is None or not isinstance(text, str) or not text:
-            return control_error(400, "need user_id and text")
+        photo = bool(body.get("photo"))  # a user's photo; ``text``, if any, is its caption
+        if photo and text is None:
+            text = ""
+        if user_id is None or not isinstance(text, str) or (not text and not photo):
+            return control_error(400, "need user_id and text (or photo)")
         body.setdefault("first_name", "Buyer")
         body.setdefault("language_code", "en")
         user = self._ensure_user(body, user_id)
@@ -211,9 +214,25 @@ class SimulatedUsers(UpdateDelivery):
         )
         if as_chat:
             message.sender_chat = chat.to_api()
-        message.text = message.plain = text
+        if photo:
+            # What a phone uploads: a few sizes of one picture, largest last.
+            n = message.message_id
+            message.photo = [
+                {
+                    "file_id": f"AgACuser{n}x{w}",
+                    "file_unique_id": f"AQADu{n}{w}",
+                    "width": w,
+                    "height": w * 3 // 4,
+                    "file_size": w * w // 8,
+                }
+                for w in (90, 320, 800)
+            ]
+            message.caption = text or None
+            message.plain = text
+        else:
+            message.text = message.plain = text
         message.seq = self._next_seq()
-        command = re.match(r"/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?", text)
+        command = None if photo else re.match(r"/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?", text)
         if command:
             length = utf16_len(command.group(0))
             message.entities = [{"type": "bot_command", "offset": 0, "length": length}]
