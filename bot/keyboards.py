@@ -97,8 +97,13 @@ def quote(t: Translator, quote_id: int) -> InlineKeyboardMarkup:
     return kb.as_markup()
 
 
-def payment(t: Translator, order_id: int) -> InlineKeyboardMarkup:
+def payment(
+    t: Translator, order_id: int, *, pay_url: str | None = None, total: str = ""
+) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
+    if pay_url is not None:
+        # The provider's checkout (Crypto Pay opens @CryptoBot with the invoice).
+        kb.button(text=t.plain("pay.open", total=total), url=pay_url)
     kb.button(text=t("pay.check"), callback_data=OrderCb(action="check", order_id=order_id))
     kb.button(text=t("pay.cancel"), callback_data=OrderCb(action="cancel", order_id=order_id))
     kb.adjust(1)

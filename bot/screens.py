@@ -62,6 +62,14 @@ def quote(t: Translator, q: QuoteView, markup_percent: str) -> str:
 
 
 def payment(t: Translator, order: OrderView) -> str:
+    if order.pay_url is not None:
+        return t(
+            "pay.text_link",
+            order_id=order.id,
+            asset=order.asset,
+            total=format_usd(order.total_usd),
+            expires=when(order.expires_at),
+        )
     assert order.crypto_amount is not None and order.address is not None
     return t(
         "pay.text",

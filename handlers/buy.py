@@ -17,6 +17,7 @@ from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup
 from bot import keyboards, screens
 from bot.settings import Settings
 from core.callbacks import AssetCb, MenuCb, ModelCb, OrderCb, PackageCb, QuoteCb
+from core.money import format_usd
 from handlers.spec import RouterSpec
 from handlers.util import reply, show
 from locales import Phrase, Translator
@@ -212,6 +213,15 @@ async def quote_confirmed(
 
 
 async def _send_payment_screen(message: Message, t: Translator, order: OrderView) -> None:
+    if order.pay_url is not None:
+        # Paid on the provider's page: a button, no address and no QR code.
+        await message.answer(
+            screens.payment(t, order),
+            reply_markup=keyboards.payment(
+                t, order.id, pay_url=order.pay_url, total=format_usd(order.total_usd)
+            ),
+        )
+        return
     qr = io.BytesIO()
     segno.make(screens.qr_payload(order), error="m").save(qr, kind="png", scale=6, border=2)
     await message.answer_photo(

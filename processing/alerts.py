@@ -145,6 +145,8 @@ class BuyerAlerts:
         order = await session.get(Order, order_id)
         assert order is not None and order.expires_at is not None
         assert order.crypto_amount is not None and order.pay_address is not None
+        # Paid on the provider's page (Crypto Pay): no amount or address to send to.
+        by_link = order.pay_address.startswith("https://")
         minutes_left = max(1, int((order.expires_at - now).total_seconds() // 60))
         repo.add_event(
             session,
@@ -157,7 +159,7 @@ class BuyerAlerts:
         await self.notifier.user(
             session,
             order.user_id,
-            "alerts.reminder",
+            "alerts.reminder_link" if by_link else "alerts.reminder",
             dedupe=f"reminder:{order_id}",
             buttons=[[("pay.check", OrderCb(action="check", order_id=order_id).pack())]],
             order_id=order_id,

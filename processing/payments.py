@@ -32,7 +32,7 @@ from services.errors import ExternalError, OrderNotFound
 from services.logcontext import annotate, bind
 from services.notify import Notifier
 from services.orders import owned
-from services.payments.base import PaymentProvider, PaymentStatus
+from services.payments.base import PaymentProvider, PaymentStatus, order_reference
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +445,10 @@ def _mismatch(status: PaymentStatus, payment: Payment, order: Order) -> str | No
         return "amount"
     if status.crypto_code != payment.crypto_code:
         return "crypto_currency"
-    if status.crypto_amount != payment.crypto_amount:
+    if not status.fiat_priced and status.crypto_amount != payment.crypto_amount:
         return "crypto_amount"
+    if status.reference is not None and status.reference != order_reference(order.id):
+        return "reference"
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from bot.settings import Settings, load_settings
 from sandbox.common import LOOPBACK, Served
+from sandbox.cryptopay import CryptoPayEmulator
 from sandbox.kryptoexpress import KryptoExpressEmulator
 from sandbox.openrouter import OpenRouterEmulator
 from sandbox.telegram import TelegramEmulator
@@ -23,6 +24,7 @@ from services.vault import KeyVault
 BOT_TOKEN = "123456789:SANDBOX-bot-token-not-real"
 MANAGEMENT_KEY = "sk-or-v1-sandbox-management-key"
 KRYPTO_API_KEY = "sandbox-kryptoexpress-api-key"
+CRYPTO_PAY_TOKEN = "12345:AAsandbox-crypto-pay-token"
 ADMIN_CHAT_ID = -1001000000001
 ADMIN_ID = 1000
 
@@ -39,6 +41,7 @@ class Sandbox:
     telegram: TelegramEmulator
     openrouter: OpenRouterEmulator
     kryptoexpress: KryptoExpressEmulator
+    cryptopay: CryptoPayEmulator
     served: list[Served] = field(default_factory=list)
     callback_secret: str = field(default_factory=lambda: secrets.token_hex(24))
 
@@ -53,6 +56,10 @@ class Sandbox:
     @property
     def kryptoexpress_url(self) -> str:
         return self.served[2].url
+
+    @property
+    def cryptopay_url(self) -> str:
+        return self.served[3].url
 
     async def stop(self) -> None:
         for server in reversed(self.served):
@@ -76,6 +83,8 @@ class Sandbox:
             "krypto_express_api_url": f"{self.kryptoexpress_url}/api",
             "krypto_express_api_key": KRYPTO_API_KEY,
             "krypto_express_callback_secret": self.callback_secret,
+            "crypto_pay_api_url": f"{self.cryptopay_url}/api",
+            "crypto_pay_token": CRYPTO_PAY_TOKEN,
             "payment_providers": ["kryptoexpress"],
             "public_base_url": f"http://{LOOPBACK}:{web_port}",
             "web_host": LOOPBACK,
@@ -84,6 +93,9 @@ class Sandbox:
             "sandbox": True,
         }
         values.update(overrides)
+        # Crypto Pay posts to the one webhook URL its app has (the operator sets it in
+        # @CryptoBot); here the emulator's app is pointed at this bot.
+        self.cryptopay.webhook_url = f"{values['public_base_url']}/payments/cryptopay"
         return load_settings(**values)
 
 
@@ -98,8 +110,10 @@ async def start_sandbox(
         kryptoexpress=KryptoExpressEmulator(
             KRYPTO_API_KEY, callback_retry_delays=callback_retry_delays
         ),
+        cryptopay=CryptoPayEmulator(CRYPTO_PAY_TOKEN, webhook_retry_delays=callback_retry_delays),
     )
-    for app in (sandbox.telegram.app, sandbox.openrouter.app, sandbox.kryptoexpress.app):
+    apps = (sandbox.telegram, sandbox.openrouter, sandbox.kryptoexpress, sandbox.cryptopay)
+    for app in (emulator.app for emulator in apps):
         server = Served(app)
         await server.start()
         sandbox.served.append(server)

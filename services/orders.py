@@ -97,6 +97,15 @@ class OrderView:
     address: str | None
     expires_at: datetime | None
     created_at: datetime
+    provider: str | None = None
+
+    @property
+    def pay_url(self) -> str | None:
+        """The provider's checkout page, when the invoice is paid there (Crypto Pay)
+        rather than by a transfer to an address: no coin address is ever a URL."""
+        if self.address and self.address.startswith("https://"):
+            return self.address
+        return None
 
     @classmethod
     def of(cls, order: Order) -> OrderView:
@@ -114,6 +123,7 @@ class OrderView:
             address=order.pay_address,
             expires_at=order.expires_at,
             created_at=order.created_at,
+            provider=order.provider,
         )
 
 

@@ -223,6 +223,10 @@ def test_kryptoexpress_keys_not_required_without_that_provider(
 ) -> None:
     values = {k: v for k, v in PRODUCTION.items() if not k.startswith("KRYPTO_EXPRESS")}
     set_env(monkeypatch, {**values, "PAYMENT_PROVIDERS": "cryptopay"})
+    # Crypto Pay alone: its token is what a real run needs instead.
+    with pytest.raises(ConfigError, match="CRYPTO_PAY_TOKEN"):
+        load_settings().require_for_production()
+    set_env(monkeypatch, {**values, "PAYMENT_PROVIDERS": "cryptopay", "CRYPTO_PAY_TOKEN": "1:A"})
     load_settings().require_for_production()
 
 
@@ -235,7 +239,7 @@ async def test_configured_but_unusable_providers_are_skipped_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="services.payments.registry"):
         assert build_providers(s, s.payment_providers, s.callback_url) == {}
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "provider_skipped provider=cryptopay reason=not_implemented"),
+        (logging.WARNING, "provider_skipped provider=cryptopay reason=not_configured"),
         (logging.WARNING, "provider_skipped provider=kryptoexpress reason=not_configured"),
     ]
     s = load_settings(krypto_express_api_key="k", public_base_url="https://b.example")

@@ -45,6 +45,18 @@ class PaymentStatus:
     # The sum received so far, when the provider reports it; None when its payment
     # object only flips "paid" once the sum covers the invoice.
     received_amount: Decimal | None = None
+    # Priced in fiat and converted by the provider when paid (Crypto Pay): the crypto
+    # amount is not fixed in advance, so only the fiat side and the asset are compared.
+    fiat_priced: bool = False
+    # Our order reference as the provider echoes it back (Crypto Pay's ``payload``);
+    # None when the provider carries none.
+    reference: str | None = None
+
+
+def order_reference(order_id: int) -> str:
+    """Our reference on an invoice, where the provider carries one (Crypto Pay's
+    ``payload``): which order it pays, checked on every report of it."""
+    return f"order:{order_id}"
 
 
 # One route serves every provider's callbacks (processing/web.py); ``{provider}`` is

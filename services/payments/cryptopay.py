@@ -61,7 +61,6 @@ __all__ = [
     "CryptoPaySettings",
     "Transfer",
     "WebhookUpdate",
-    "required_settings",
 ]
 
 
@@ -80,11 +79,6 @@ class CryptoPaySettings(BaseSettings):
     @classmethod
     def _cryptopay_url(cls, value: str) -> str:
         return http_url(value.strip())
-
-
-def required_settings(settings: CryptoPaySettings) -> list[tuple[str, object]]:
-    """Nothing yet: the provider is not built (issue 12 adds CRYPTO_PAY_TOKEN here)."""
-    return []
 
 
 def _answered(status: int) -> bool:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from services.payments import cryptopay, kryptoexpress
+from services.payments import cryptopay, cryptopay_provider, kryptoexpress
 from services.payments.base import PaymentProvider
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ class ProviderSpec:
 
 PROVIDERS: dict[str, ProviderSpec] = {
     kryptoexpress.NAME: ProviderSpec(kryptoexpress.required_settings, kryptoexpress.build),
-    # Issue 12 builds it: until then it is accepted in PAYMENT_PROVIDERS and skipped.
-    cryptopay.NAME: ProviderSpec(cryptopay.required_settings),
+    cryptopay.NAME: ProviderSpec(cryptopay_provider.required_settings, cryptopay_provider.build),
 }
-# PAYMENT_PROVIDERS when unset: the built providers, in preference order.
+# PAYMENT_PROVIDERS when unset: the primary provider (SPEC §3). Crypto Pay is opt-in
+# (PAYMENT_PROVIDERS=kryptoexpress,cryptopay): listing it makes CRYPTO_PAY_TOKEN required.
 DEFAULT_PROVIDERS = (kryptoexpress.NAME,)
 
 

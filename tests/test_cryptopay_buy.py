@@ -1,0 +1,120 @@
+"""Buying through Crypto Pay, the second rail (issue 12), end to end: the real bot, its
+database and HTTP server against the Telegram, OpenRouter, KryptoExpress and Crypto Pay
+emulators. KryptoExpress fails invoice creation, so the Confirm falls back to Crypto Pay
+within the same press; the buyer pays in @CryptoBot (the emulator), and the payment is
+confirmed by the signed webhook alone, or by polling alone."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sandbox.provider_control import CryptoPayControl
+from tests.harness import Env, running_env
+
+BUYER = 515151
+RAILS = ["kryptoexpress", "cryptopay"]
+
+
+@asynccontextmanager
+async def rails(tmp_path: Path) -> AsyncIterator[tuple[Env, CryptoPayControl]]:
+    async with (
+        running_env(tmp_path, payment_providers=RAILS) as env,
+        CryptoPayControl(env.sandbox.cryptopay_url) as cp,
+    ):
+        yield env, cp
+
+
+async def _confirm_with_kryptoexpress_down(env: Env) -> tuple[int, dict[str, Any]]:
+    """The buyer confirms while KryptoExpress refuses to create invoices; returns the
+    order id and the invoice message."""
+    await env.start_chat(BUYER)
+    await env.open_packages(BUYER)
+    await env.choose_package(BUYER)
+    await env.tg.press(BUYER, "USDT")
+    await env.tg.wait_for(BUYER, lambda m: "Your quote" in (m["plain"] or ""))
+    await env.kx.add_fault(path="/api/payment", method="POST", status=503, count=None)
+    await env.tg.press(BUYER, "✅ Confirm order")
+    screen = await env.tg.wait_for_text(BUYER, "with @CryptoBot")
+    match = re.search(r"Order #(\d+)", screen["plain"])
+    assert match, screen
+    return int(match.group(1)), screen
+
+
+async def _invoice_of(cp: CryptoPayControl, order_id: int) -> dict[str, Any]:
+    (invoice,) = [i for i in await cp.invoices() if i["payload"] == f"order:{order_id}"]
+    return invoice
+
+
+async def test_fallback_to_cryptopay_confirmed_by_the_webhook_alone(tmp_path: Path) -> None:
+    async with rails(tmp_path) as (env, cp):
+        order_id, screen = await _confirm_with_kryptoexpress_down(env)
+        order = await env.order(order_id)
+        assert order.provider == "cryptopay" and order.status == "awaiting_payment"
+        invoice = await _invoice_of(cp, order_id)
+        # What was asked of Crypto Pay: USD, the order's total, the buyer's asset only.
+        assert (invoice["currency_type"], invoice["fiat"]) == ("fiat", "USD")
+        assert invoice["amount"] == f"{order.total_usd:f}"
+        assert invoice["accepted_assets"] in (["USDT"], "USDT")
+        # One invoice, no address and no QR: a URL button to @CryptoBot beside the others.
+        buttons = [b for row in screen["buttons"] for b in row]
+        assert buttons[0]["url"] == invoice["bot_invoice_url"]
+        assert [b["text"] for b in buttons[1:]] == ["🔄 Check payment", "❌ Cancel order"]
+        assert not screen.get("photo") and "0 USDT" not in screen["plain"]
+        await env.tg.wait_for_text(env.admin_chat, "kryptoexpress")
+
+        paid = await cp.pay(invoice["invoice_id"], "USDT")
+        assert [d["status"] for d in paid["deliveries"]] == [200]
+        await env.delivered_message(BUYER, order_id)
+        order = await env.wait_status(order_id, "delivered")
+        kinds = [e.kind for e in await env.events(order_id)]
+        assert kinds.count("payment_confirmed") == 1
+
+        # The same webhook again (Crypto Pay retries): nothing is delivered twice.
+        again = await cp.send_webhook(invoice["invoice_id"], deliveries=2)
+        assert all(d["status"] == 200 for d in again["deliveries"])
+        assert [e.kind for e in await env.events(order_id)].count("delivered") == 1
+        texts = [m["plain"] or "" for m in await env.tg.messages(BUYER) if m["from_bot"]]
+        assert sum("Payment received" in t for t in texts) == 1
+
+
+async def test_cryptopay_payment_confirmed_by_polling_alone(tmp_path: Path) -> None:
+    async with rails(tmp_path) as (env, cp):
+        order_id, _ = await _confirm_with_kryptoexpress_down(env)
+        invoice = await _invoice_of(cp, order_id)
+        await cp.pay(invoice["invoice_id"], "USDT", webhook=False)
+        assert await env.app.processor.poll_open() >= 1
+        await env.delivered_message(BUYER, order_id)
+        events = await env.events(order_id)
+        confirmed = next(e for e in events if e.kind == "payment_confirmed")
+        assert "poll" in (confirmed.actor or ""), confirmed.actor
+
+
+async def test_forged_and_unsigned_webhooks_are_refused_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    async with rails(tmp_path) as (env, cp):
+        order_id, _ = await _confirm_with_kryptoexpress_down(env)
+        invoice = await _invoice_of(cp, order_id)
+        paid = await cp.pay(invoice["invoice_id"], "USDT", webhook=False)
+        for signature in ("bad", "none"):
+            sent = await cp.send_webhook(invoice["invoice_id"], signature=signature)
+            # Refused every time Crypto Pay retries it.
+            assert {d["status"] for d in sent["deliveries"]} == {401}
+        # A body that names our order but was never signed by Crypto Pay.
+        url = f"{env.app.settings.public_base_url}/payments/cryptopay"
+        async with httpx.AsyncClient() as client:
+            forged = await client.post(
+                url,
+                json={"update_id": 1, "update_type": "invoice_paid", "payload": paid["invoice"]},
+                headers={"crypto-pay-api-signature": "0" * 64},
+            )
+        assert forged.status_code == 401
+        order = await env.order(order_id)
+        assert order.status == "awaiting_payment"
+        assert "payment_confirmed" not in [e.kind for e in await env.events(order_id)]
