@@ -10,6 +10,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from bot.screens import chat_stats
+from core.clock import format_utc
 from core.money import format_crypto, format_usd
 from db.models import OrderStatus
 from db.status import SETTLED
@@ -19,6 +20,7 @@ from processing.admin_reports import balance_text, stats_text
 from processing.fulfilment import FundsRecheck
 from processing.payment_notices import partial_view
 from services.admin_ledger import OrderDossier, Stats
+from services.payments.health import ProviderState
 
 
 def render_stats(t: Translator, stats: Stats, timezone: str) -> str:
@@ -33,6 +35,33 @@ def render_stats(t: Translator, stats: Stats, timezone: str) -> str:
 
 def render_balance(t: Translator, balance: Balance) -> str:
     return f"{t('admin_cmd.balance_title')}\n{balance_text(t, balance)}"
+
+
+def render_providers(t: Translator, states: list[ProviderState]) -> str:
+    lines = [t("admin_cmd.providers_title")]
+    for state in states:
+        if state.cooling_until is not None:
+            lines.append(
+                t(
+                    "admin_cmd.provider_cooling",
+                    name=state.name,
+                    until=format_utc(state.cooling_until),
+                    failures=state.failures,
+                    error=state.last_error or "",
+                )
+            )
+        elif state.failures:
+            lines.append(
+                t(
+                    "admin_cmd.provider_failing",
+                    name=state.name,
+                    failures=state.failures,
+                    error=state.last_error or "",
+                )
+            )
+        else:
+            lines.append(t("admin_cmd.provider_ok", name=state.name))
+    return "\n".join(lines)
 
 
 def render_recheck(t: Translator, result: FundsRecheck) -> str:

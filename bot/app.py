@@ -59,6 +59,7 @@ from services.notify import Notifier
 from services.openrouter import ModelCatalog, OpenRouterClient
 from services.openrouter_chat import OpenRouterChat
 from services.orders import OrderService, PaymentGateway
+from services.payments.health import ProviderHealth
 from services.payments.registry import build_providers
 from services.preferences import PreferencesService
 from services.pricing import AITokenService, PricingRules
@@ -108,7 +109,10 @@ class BotApp:
             )
         )
         self.providers = build_providers(s, s.payment_providers, s.callback_url)
-        self.gateway = PaymentGateway(list(self.providers.values()))
+        self.provider_health = ProviderHealth(
+            threshold=s.provider_failure_threshold, cooldown=float(s.provider_cooldown_seconds)
+        )
+        self.gateway = PaymentGateway(list(self.providers.values()), self.provider_health)
         self.admin_chat = AdminChat(self.sessions, s.admin_chat_id)
         self.notifier = Notifier(
             self.admin_chat,
@@ -179,6 +183,7 @@ class BotApp:
             self.openrouter,
             self.providers,
             self.notifier,
+            provider_health=self.provider_health,
         )
         self.reports = AdminReports(
             self.sessions,

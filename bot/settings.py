@@ -106,6 +106,10 @@ class Settings(PaymentSettings):
 
     # Fallback order (services/payments/registry.py lists the providers).
     payment_providers: CsvStrs = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    # A provider failing invoice creation this many times in a row is skipped (tried
+    # last) for PROVIDER_COOLDOWN_SECONDS (services/payments/health.py).
+    provider_failure_threshold: int = Field(default=3, ge=1)
+    provider_cooldown_seconds: int = Field(default=300, ge=1)
 
     public_base_url: str | None = None
     web_host: str = "127.0.0.1"

@@ -16,6 +16,7 @@ from aiogram.types import CallbackQuery, Message
 from bot.admin_screens import (
     render_balance,
     render_order,
+    render_providers,
     render_recheck,
     render_reconciliation,
     render_stats,
@@ -190,12 +191,14 @@ async def refund(message: Message, command: CommandObject, t: Translator, admin:
 
 @router.message(Command("balance"), *ADMIN_ONLY)
 async def balance(message: Message, t: Translator, admin: AdminOps) -> None:
+    providers = render_providers(t, admin.provider_states())
     try:
         figures = await admin.balance()
     except ExternalError as exc:
-        await answer_long(message, t("admin_cmd.openrouter_error", error=str(exc)))
+        error = t("admin_cmd.openrouter_error", error=str(exc))
+        await answer_long(message, f"{error}\n\n{providers}")
         return
-    await answer_long(message, render_balance(t, figures))
+    await answer_long(message, f"{render_balance(t, figures)}\n\n{providers}")
 
 
 @router.message(Command("reconcile"), *ADMIN_ONLY)

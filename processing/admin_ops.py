@@ -37,6 +37,7 @@ from services.errors import ExternalError, OpenRouterError
 from services.notify import Notifier
 from services.openrouter import OpenRouterClient
 from services.payments.base import PaymentProvider
+from services.payments.health import ProviderHealth, ProviderState
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class AdminOps:
         openrouter: OpenRouterClient,
         providers: dict[str, PaymentProvider],
         notifier: Notifier,
+        *,
+        provider_health: ProviderHealth | None = None,
     ) -> None:
         self.sessions = sessions
         self.ledger = ledger
@@ -96,6 +99,7 @@ class AdminOps:
         self.openrouter = openrouter
         self.providers = providers
         self.notifier = notifier
+        self.provider_health = provider_health or ProviderHealth()
 
     # ------------------------------------------------------------- ledger
     async def stats(self, period: Period) -> Stats:
@@ -112,6 +116,10 @@ class AdminOps:
             if key.name.startswith(KEY_NAME_PREFIX) and not key.disabled:
                 keys += 1
         return Balance(funds.available, funds.committed, keys)
+
+    def provider_states(self) -> list[ProviderState]:
+        """Each configured payment provider: in use, or cooling down after failures."""
+        return self.provider_health.states(list(self.providers))
 
     async def recheck_funds(self) -> FundsRecheck:
         """`🔄 Re-check balance`: measure now and resume the orders waiting for funds."""

@@ -35,6 +35,7 @@ from services.logcontext import annotate
 from services.notify import Notifier
 from services.openrouter import ModelCatalog
 from services.payments.base import ASSETS, Invoice, PaymentProvider
+from services.payments.health import ProviderHealth
 from services.pricing import AITokenService, ModelPrice, Package
 from services.users import UserView
 
@@ -130,8 +131,11 @@ class OrderView:
 class PaymentGateway:
     """The configured providers in fallback order (SPEC §3)."""
 
-    def __init__(self, providers: list[PaymentProvider]) -> None:
+    def __init__(
+        self, providers: list[PaymentProvider], health: ProviderHealth | None = None
+    ) -> None:
         self.providers = providers
+        self.health = health or ProviderHealth()
 
     async def assets(self) -> list[str]:
         offered: set[str] = set()
@@ -155,21 +159,33 @@ class PaymentGateway:
     async def create_invoice(
         self, *, order_id: int, amount_usd: Decimal, asset: str
     ) -> tuple[Invoice, list[str]]:
-        """Invoice from the first provider that can; also the providers that failed."""
+        """Invoice from the first provider that can; also the providers that failed.
+        Providers cooling down (services/payments/health.py) go last, not first."""
         failures: list[str] = []
-        for provider in self.providers:
+        ready = [p for p in self.providers if not self.health.cooling(p.name)]
+        cooling = [p for p in self.providers if self.health.cooling(p.name)]
+        for provider in ready + cooling:
             try:
-                return (
-                    await provider.create_invoice(
-                        order_id=order_id, amount_usd=amount_usd, asset=asset
-                    ),
-                    failures,
+                invoice = await provider.create_invoice(
+                    order_id=order_id, amount_usd=amount_usd, asset=asset
                 )
-            except (ExternalError, CurrencyUnavailable) as exc:
+            except CurrencyUnavailable as exc:  # not this provider's asset: no failure
+                failures.append(f"{provider.name}: {exc}")
+                continue
+            except ExternalError as exc:
                 log.warning(
                     "invoice_failed provider=%s order=%s error=%s", provider.name, order_id, exc
                 )
+                if self.health.failed(provider.name, str(exc)):
+                    log.warning(
+                        "provider_cooling provider=%s seconds=%s",
+                        provider.name,
+                        self.health.cooldown,
+                    )
                 failures.append(f"{provider.name}: {exc}")
+                continue
+            self.health.succeeded(provider.name)
+            return invoice, failures
         raise PaymentUnavailable(failures=failures)
 
 

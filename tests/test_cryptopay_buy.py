@@ -6,15 +6,18 @@ confirmed by the signed webhook alone, or by polling alone."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from sandbox.provider_control import CryptoPayControl
+from sandbox.runner import ADMIN_ID
 from tests.harness import Env, running_env
 
 BUYER = 515151
@@ -118,3 +121,46 @@ async def test_forged_and_unsigned_webhooks_are_refused_and_change_nothing(
         order = await env.order(order_id)
         assert order.status == "awaiting_payment"
         assert "payment_confirmed" not in [e.kind for e in await env.events(order_id)]
+
+
+async def test_a_failing_provider_cools_down_then_is_tried_again(tmp_path: Path) -> None:
+    """Three failed invoice creations in a row put KryptoExpress last for the cool-down:
+    the next invoice goes straight to Crypto Pay (no KryptoExpress call, no wait on its
+    failures), /balance says so, and after the cool-down KryptoExpress is asked first."""
+    async with running_env(
+        tmp_path,
+        payment_providers=RAILS,
+        provider_failure_threshold=3,
+        provider_cooldown_seconds=2,
+    ) as env:
+        gateway = env.app.gateway
+        await env.kx.add_fault(path="/api/payment", method="POST", status=503, count=None)
+
+        def kx_creates(requests: list[dict[str, Any]]) -> int:
+            return sum(1 for r in requests if r["method"] == "POST" and r["path"] == "/api/payment")
+
+        for order_id in (9001, 9002, 9003):
+            invoice, failures = await gateway.create_invoice(
+                order_id=order_id, amount_usd=Decimal("1.98"), asset="USDT"
+            )
+            assert invoice.provider == "cryptopay" and failures[0].startswith("kryptoexpress")
+        tried = kx_creates(await env.kx.requests())
+        invoice, failures = await gateway.create_invoice(
+            order_id=9004, amount_usd=Decimal("1.98"), asset="USDT"
+        )
+        assert invoice.provider == "cryptopay" and failures == []
+        assert kx_creates(await env.kx.requests()) == tried  # skipped while cooling
+
+        await env.tg.send_text(ADMIN_ID, "/balance")
+        shown = await env.tg.wait_for_text(ADMIN_ID, "Payment providers")
+        assert "kryptoexpress: ⏸ tried last until" in shown["plain"]
+        assert "failed in a row: 3" in shown["plain"] and "503" in shown["plain"]
+        assert "cryptopay: ✅ in use" in shown["plain"]
+
+        await asyncio.sleep(2.1)
+        await env.kx.clear_faults()
+        invoice, failures = await gateway.create_invoice(
+            order_id=9005, amount_usd=Decimal("1.98"), asset="USDT"
+        )
+        assert invoice.provider == "kryptoexpress" and failures == []
+        assert [s.failures for s in env.app.admin.provider_states()] == [0, 0]
