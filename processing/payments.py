@@ -203,6 +203,10 @@ class AITokenPaymentProcessor:
                     return ApplyResult(Outcome.NOTICED, order.id, order.user_id)
                 return ApplyResult(Outcome.ALREADY, order.id, order.user_id)
 
+            # A fiat-priced invoice learns its crypto amount only now (what was paid).
+            paid_values: dict[str, Any] = (
+                {"crypto_amount": status.crypto_amount} if status.fiat_priced else {}
+            )
             previous = await repo.transition(
                 session,
                 order.id,
@@ -217,6 +221,7 @@ class AITokenPaymentProcessor:
                 },
                 paid_at=utcnow(),
                 next_attempt_at=None,
+                **paid_values,
             )
             if previous is None:
                 # Lost the race. To another confirmation: nothing to say. To a close

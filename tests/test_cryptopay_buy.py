@@ -75,6 +75,9 @@ async def test_fallback_to_cryptopay_confirmed_by_the_webhook_alone(tmp_path: Pa
         assert [d["status"] for d in paid["deliveries"]] == [200]
         await env.delivered_message(BUYER, order_id)
         order = await env.wait_status(order_id, "delivered")
+        # The crypto side of a USD invoice is what the buyer paid, in the asset they chose.
+        assert order.crypto_amount == Decimal(paid["invoice"]["paid_amount"]) > 0
+        assert paid["invoice"]["paid_asset"] == "USDT"
         kinds = [e.kind for e in await env.events(order_id)]
         assert kinds.count("payment_confirmed") == 1
 
