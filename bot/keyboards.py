@@ -85,7 +85,9 @@ def assets(t: Translator, tokens: int, offered: list[str]) -> InlineKeyboardMark
     for asset in offered:
         kb.button(text=asset, callback_data=AssetCb(tokens=tokens, asset=asset))
     kb.button(text=t("common.back"), callback_data=MenuCb(action="tokens"))
-    kb.adjust(len(offered) or 1, 1)
+    # Up to three assets a row (six fit a phone's width badly), then Back.
+    rows = [3] * (len(offered) // 3) + ([len(offered) % 3] if len(offered) % 3 else [])
+    kb.adjust(*(rows or [1]), 1)
     return kb.as_markup()
 
 

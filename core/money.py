@@ -11,7 +11,14 @@ CENT = Decimal("0.01")
 USD = "USD"
 
 # Places each crypto asset is quoted in (SPEC §4: keep the provider's precision).
-CRYPTO_PLACES: dict[str, int] = {"BTC": 8, "USDT": 6, "ETH": 8, "LTC": 8}
+CRYPTO_PLACES: dict[str, int] = {
+    "BTC": 8,
+    "USDT": 6,
+    "ETH": 8,
+    "LTC": 8,
+    "TON": 9,
+    "USDC": 6,
+}
 
 
 def ceil_cents(amount: Decimal) -> Decimal:

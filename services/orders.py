@@ -169,8 +169,8 @@ class PaymentGateway:
                 invoice = await provider.create_invoice(
                     order_id=order_id, amount_usd=amount_usd, asset=asset
                 )
-            except CurrencyUnavailable as exc:  # not this provider's asset: no failure
-                failures.append(f"{provider.name}: {exc}")
+            except CurrencyUnavailable:
+                # Not this provider's asset: the asset is routed on, nothing failed.
                 continue
             except ExternalError as exc:
                 log.warning(
@@ -186,6 +186,8 @@ class PaymentGateway:
                 continue
             self.health.succeeded(provider.name)
             return invoice, failures
+        if not failures:
+            raise CurrencyUnavailable(asset=asset)
         raise PaymentUnavailable(failures=failures)
 
 

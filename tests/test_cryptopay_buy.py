@@ -167,3 +167,43 @@ async def test_a_failing_provider_cools_down_then_is_tried_again(tmp_path: Path)
         )
         assert invoice.provider == "kryptoexpress" and failures == []
         assert [s.failures for s in env.app.admin.provider_states()] == [0, 0]
+
+
+async def test_the_currency_step_offers_every_rails_assets_routed_to_one_that_takes_them(
+    tmp_path: Path,
+) -> None:
+    """USDT and BTC (both rails), TON and the rest (Crypto Pay only): a TON order goes to
+    Crypto Pay with no KryptoExpress call and no fallback alert (nothing failed)."""
+    async with rails(tmp_path) as (env, cp):
+        await env.start_chat(BUYER)
+        await env.open_packages(BUYER)
+        await env.tg.press(BUYER, "Starter", match="prefix")
+        step = await env.tg.wait_for(BUYER, lambda m: _asset_buttons(m) != [])
+        assert _asset_buttons(step) == ["USDT", "BTC", "TON", "ETH", "LTC", "USDC"]
+        await env.tg.press(BUYER, "TON")
+        quote = await env.tg.wait_for(BUYER, lambda m: "Your quote" in (m["plain"] or ""))
+        assert "TON" in quote["plain"]
+        await env.tg.press(BUYER, "✅ Confirm order")
+        screen = await env.tg.wait_for_text(BUYER, "with @CryptoBot")
+        order_id = int(re.search(r"Order #(\d+)", screen["plain"]).group(1))  # type: ignore[union-attr]
+        assert (await env.order(order_id)).provider == "cryptopay"
+        invoice = await _invoice_of(cp, order_id)
+        assert invoice["accepted_assets"] in (["TON"], "TON")
+        assert not [r for r in await env.kx.requests() if r["method"] == "POST"]
+        await cp.pay(invoice["invoice_id"], "TON")
+        await env.delivered_message(BUYER, order_id)
+        admin = [m["plain"] or "" for m in await env.tg.messages(env.admin_chat)]
+        assert not any("fell back" in text or "failed" in text for text in admin), admin
+
+    # KryptoExpress alone: USDT and BTC only, as before.
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        await env.open_packages(BUYER)
+        await env.tg.press(BUYER, "Starter", match="prefix")
+        step = await env.tg.wait_for(BUYER, lambda m: _asset_buttons(m) != [])
+        assert _asset_buttons(step) == ["USDT", "BTC"]
+
+
+def _asset_buttons(message: dict[str, Any]) -> list[str]:
+    names = {"USDT", "BTC", "TON", "ETH", "LTC", "USDC"}
+    return [b["text"] for row in message.get("buttons") or [] for b in row if b["text"] in names]

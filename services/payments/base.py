@@ -8,8 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-# The assets a buyer chooses between, in button order.
-ASSETS = ("USDT", "BTC")
+# The assets a buyer may choose between, in button order; the currency step offers
+# those some configured provider takes (KryptoExpress: USDT, BTC; Crypto Pay: all).
+ASSETS = ("USDT", "BTC", "TON", "ETH", "LTC", "USDC")
 
 
 @dataclass(frozen=True)
