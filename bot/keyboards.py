@@ -112,6 +112,12 @@ def payment(
     return kb.as_markup()
 
 
+def single_button(text: str, callback_data: str) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text=text, callback_data=callback_data)
+    return kb.as_markup()
+
+
 def languages(t: Translator) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     # Each language by its own name: a buyer who can't read the current one finds theirs.

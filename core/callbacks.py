@@ -45,6 +45,12 @@ class OrderCb(CallbackData, prefix="o"):
     order_id: RowId
 
 
+class PayerRefundCb(CallbackData, prefix="pr"):
+    """Admin-only `💸 Refund to buyer` under a /refund answer."""
+
+    order_id: RowId
+
+
 class LangCb(CallbackData, prefix="l"):
     code: str
 

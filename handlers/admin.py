@@ -13,6 +13,7 @@ from aiogram import F
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 
+from bot import keyboards
 from bot.admin_screens import (
     render_balance,
     render_order,
@@ -23,11 +24,12 @@ from bot.admin_screens import (
 )
 from bot.filters import ADMIN_ONLY, ForgedData
 from bot.settings import Settings
-from core.callbacks import AdminFundsCb, AdminOrderCb
+from core.callbacks import AdminFundsCb, AdminOrderCb, PayerRefundCb
+from core.money import format_crypto
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
 from locales import Translator
-from processing.admin_ops import AdminOps
+from processing.admin_ops import AdminOps, PayerRefundOutcome
 from processing.outbox import OutboxSender
 from services.admin_ledger import ActionOutcome, recent_period
 from services.errors import ExternalError
@@ -178,15 +180,55 @@ async def refund(message: Message, command: CommandObject, t: Translator, admin:
             ),
         )
     else:
-        await answer_long(
-            message,
-            t(
-                "admin_cmd.refund_done",
-                order_id=order_id,
-                previous=result.status,
-                note=note[:1000],
+        done = t(
+            "admin_cmd.refund_done", order_id=order_id, previous=result.status, note=note[:1000]
+        )
+        offer = await admin.payer_refund_offer(order_id)
+        if offer is None:
+            await answer_long(message, done)
+            return
+        # Crypto Pay can send the payment back to the buyer's @CryptoBot wallet.
+        asset, _ = offer
+        await message.answer(
+            done,
+            reply_markup=keyboards.single_button(
+                t.plain("admin_cmd.payer_refund_button", asset=asset),
+                PayerRefundCb(order_id=order_id).pack(),
             ),
         )
+
+
+@router.callback_query(PayerRefundCb.filter(), *ADMIN_ONLY)
+async def payer_refund(
+    callback: CallbackQuery, callback_data: PayerRefundCb, t: Translator, admin: AdminOps
+) -> None:
+    # Answered first: the transfer may take a few seconds with its retries.
+    await callback.answer()
+    result = await admin.refund_to_payer(callback_data.order_id, callback.from_user.id)
+    params = {
+        "order_id": result.order_id,
+        "amount": format_crypto(result.amount, result.asset) if result.asset else "",
+        "asset": result.asset,
+        "transfer_id": result.transfer_id or "",
+        "error": result.error or "",
+    }
+    key = {
+        PayerRefundOutcome.DONE: "admin_cmd.payer_refund_done",
+        PayerRefundOutcome.ALREADY: "admin_cmd.payer_refund_already",
+        PayerRefundOutcome.FAILED: "admin_cmd.payer_refund_failed",
+    }.get(result.outcome, "admin_cmd.payer_refund_not_offered")
+    if isinstance(callback.message, Message):
+        await callback.message.answer(t(key, **params))
+
+
+@router.callback_query(PayerRefundCb.filter())
+async def payer_refund_not_admin(callback: CallbackQuery) -> None:
+    await callback.answer()
+
+
+@router.callback_query(ForgedData(PayerRefundCb))
+async def payer_refund_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)
 
 
 @router.message(Command("balance"), *ADMIN_ONLY)

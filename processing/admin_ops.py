@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
-from core.money import format_usd
+from core.money import format_crypto, format_usd
 from db import repo
-from db.models import ApiKey, Order, OrderStatus
+from db.models import ApiKey, Order, OrderEvent, OrderStatus
 from db.status import SETTLED, UNPAID
 from locales import Translator, translator
 from processing.fulfilment import KEY_NAME_PREFIX, BuyerBusy, Fulfilment, FundsRecheck, LeaseLost
@@ -36,7 +36,7 @@ from services.admin_ledger import (
 from services.errors import ExternalError, OpenRouterError
 from services.notify import Notifier
 from services.openrouter import OpenRouterClient
-from services.payments.base import PaymentProvider
+from services.payments.base import PaymentProvider, RefundsToPayer
 from services.payments.health import ProviderHealth, ProviderState
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,28 @@ PAID_STATES = {
     OrderStatus.DELIVERED.value,
     OrderStatus.FAILED.value,
 }
+
+
+class PayerRefundOutcome:
+    DONE = "done"
+    ALREADY = "already"  # paid back before (a second press, or a retry after a crash)
+    NOT_OFFERED = "not_offered"  # not refunded yet, or its provider cannot pay back
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PayerRefundResult:
+    outcome: str
+    order_id: int
+    asset: str = ""
+    amount: Decimal = Decimal(0)
+    transfer_id: str | None = None
+    error: str | None = None
+
+
+def payer_refund_spend_id(order_id: int) -> str:
+    """One per order, forever: the provider pays a spend id at most once."""
+    return f"refund-order-{order_id}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,112 @@ class AdminOps:
             if key.name.startswith(KEY_NAME_PREFIX) and not key.disabled:
                 keys += 1
         return Balance(funds.available, funds.committed, keys)
+
+    async def payer_refund_offer(self, order_id: int) -> tuple[str, Decimal] | None:
+        """(asset, amount) to offer `💸 Refund to buyer` for, when the order is refunded
+        and its provider can send the payment back (Crypto Pay); None otherwise."""
+        async with self.sessions() as session:
+            order = await session.get(Order, order_id)
+        if order is None or order.status != OrderStatus.REFUNDED.value:
+            return None
+        if not isinstance(self.providers.get(order.provider or ""), RefundsToPayer):
+            return None
+        if not order.crypto_amount or order.crypto_amount <= 0:
+            return None
+        return order.asset, order.crypto_amount
+
+    async def refund_to_payer(self, order_id: int, admin_id: int) -> PayerRefundResult:
+        """`💸 Refund to buyer`: send what the buyer paid back to them, exactly once.
+
+        Only for a `refunded` order: /refund already took the credit off the buyer's key
+        (confirmed at OpenRouter) before recording that. The intent is an event before
+        the call, no transaction spans it, and the spend id is the order's, so a double
+        press, a retry or a crash between the transfer and its record pays once: the
+        provider answers a repeat with the first transfer, which is then recorded."""
+        offer = await self.payer_refund_offer(order_id)
+        if offer is None:
+            return PayerRefundResult(PayerRefundOutcome.NOT_OFFERED, order_id)
+        asset, amount = offer
+        async with self.sessions() as session, session.begin():
+            order = await session.get(Order, order_id)
+            assert order is not None
+            user_id, provider_name = order.user_id, order.provider or ""
+            done = await self._recorded_transfer(session, order_id)
+            if done is not None:
+                return PayerRefundResult(
+                    PayerRefundOutcome.ALREADY, order_id, asset, amount, transfer_id=done
+                )
+            repo.add_event(
+                session,
+                order_id,
+                "payer_refund_started",
+                actor=f"admin:{admin_id}",
+                detail={"asset": asset, "amount": str(amount)},
+                status=order.status,
+            )
+        provider = self.providers[provider_name]
+        assert isinstance(provider, RefundsToPayer)
+        try:
+            sent = await provider.refund_to_payer(
+                spend_id=payer_refund_spend_id(order_id),
+                user_id=user_id,
+                asset=asset,
+                amount=amount,
+            )
+        except ExternalError as exc:
+            async with self.sessions() as session, session.begin():
+                repo.add_event(
+                    session,
+                    order_id,
+                    "payer_refund_failed",
+                    actor=f"admin:{admin_id}",
+                    detail={"error": str(exc)[:500]},
+                    status=OrderStatus.REFUNDED.value,
+                )
+            log.warning("payer_refund_failed order=%s error=%s", order_id, exc)
+            return PayerRefundResult(
+                PayerRefundOutcome.FAILED, order_id, asset, amount, error=str(exc)
+            )
+        async with self.sessions() as session, session.begin():
+            done = await self._recorded_transfer(session, order_id)
+            if done is None:  # a concurrent press may have recorded the same transfer
+                repo.add_event(
+                    session,
+                    order_id,
+                    "payer_refunded",
+                    actor=f"admin:{admin_id}",
+                    detail={
+                        "transfer_id": sent.transfer_id,
+                        "asset": sent.asset,
+                        "amount": str(sent.amount),
+                        "replayed": sent.replayed,
+                    },
+                    status=OrderStatus.REFUNDED.value,
+                )
+                await self.notifier.user(
+                    session,
+                    user_id,
+                    "notify.payer_refunded",
+                    dedupe=f"payer-refunded:{order_id}",
+                    order_id=order_id,
+                    amount=format_crypto(sent.amount, sent.asset),
+                    asset=sent.asset,
+                )
+        log.info("payer_refunded order=%s transfer=%s", order_id, sent.transfer_id)
+        return PayerRefundResult(
+            PayerRefundOutcome.DONE, order_id, asset, amount, transfer_id=sent.transfer_id
+        )
+
+    @staticmethod
+    async def _recorded_transfer(session: AsyncSession, order_id: int) -> str | None:
+        detail = (
+            await session.execute(
+                select(OrderEvent.detail).where(
+                    OrderEvent.order_id == order_id, OrderEvent.kind == "payer_refunded"
+                )
+            )
+        ).scalar()
+        return None if detail is None else str(detail.get("transfer_id"))
 
     def provider_states(self) -> list[ProviderState]:
         """Each configured payment provider: in use, or cooling down after failures."""

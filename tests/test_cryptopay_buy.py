@@ -25,9 +25,9 @@ RAILS = ["kryptoexpress", "cryptopay"]
 
 
 @asynccontextmanager
-async def rails(tmp_path: Path) -> AsyncIterator[tuple[Env, CryptoPayControl]]:
+async def rails(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Env, CryptoPayControl]]:
     async with (
-        running_env(tmp_path, payment_providers=RAILS) as env,
+        running_env(tmp_path, payment_providers=RAILS, **options) as env,
         CryptoPayControl(env.sandbox.cryptopay_url) as cp,
     ):
         yield env, cp

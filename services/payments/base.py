@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # The assets a buyer may choose between, in button order; the currency step offers
 # those some configured provider takes (KryptoExpress: USDT, BTC; Crypto Pay: all).
@@ -99,3 +99,24 @@ class PaymentProvider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PayerRefund:
+    transfer_id: str
+    asset: str
+    amount: Decimal
+    replayed: bool  # an earlier call with the same spend id had already paid it
+
+
+@runtime_checkable
+class RefundsToPayer(Protocol):
+    """A provider that can send a payment back to the payer (Crypto Pay's ``transfer``).
+
+    ``spend_id`` makes it exactly-once: a repeat with the same id never pays again and
+    answers the first transfer (``replayed``). Raises ``ExternalError`` with the reason
+    (payer unknown to the provider, app balance too low, provider down)."""
+
+    async def refund_to_payer(
+        self, *, spend_id: str, user_id: int, asset: str, amount: Decimal
+    ) -> PayerRefund: ...

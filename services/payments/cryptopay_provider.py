@@ -21,7 +21,13 @@ from typing import Any
 from pydantic import SecretStr
 
 from services.errors import CurrencyUnavailable, ProviderError
-from services.payments.base import ASSETS, Invoice, PaymentStatus, order_reference
+from services.payments.base import (
+    ASSETS,
+    Invoice,
+    PayerRefund,
+    PaymentStatus,
+    order_reference,
+)
 from services.payments.cryptopay import CryptoPayClient, CryptoPaySettings
 from services.payments.cryptopay_types import NAME, CryptoPayInvoice
 
@@ -94,6 +100,21 @@ class CryptoPayProvider:
     def verify_callback(self, raw_body: bytes, headers: Mapping[str, str]) -> PaymentStatus:
         update = self.client.parse_webhook(raw_body, headers.get("crypto-pay-api-signature"))
         return _status(update.invoice)
+
+    async def refund_to_payer(
+        self, *, spend_id: str, user_id: int, asset: str, amount: Decimal
+    ) -> PayerRefund:
+        """To the buyer's @CryptoBot wallet (their Telegram user id); once per spend_id."""
+        transfer = await self.client.transfer(
+            user_id=user_id,
+            asset=asset,
+            amount=amount,
+            spend_id=spend_id,
+            comment="Refund from AI Token Bot",
+        )
+        return PayerRefund(
+            str(transfer.transfer_id), transfer.asset, transfer.amount, transfer.replayed
+        )
 
 
 def _status(invoice: CryptoPayInvoice) -> PaymentStatus:
