@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from aiogram.exceptions import (
 )
 from sqlalchemy import select
 
-from core.clock import utcnow
 from db import repo
 from db.models import OutboxMessage, RuntimeSetting
 from sandbox.runner import ADMIN_ID, BOT_TOKEN, Sandbox
@@ -235,7 +235,9 @@ async def test_every_telegram_error_ends_defined(tmp_path: Path, case: Case) -> 
             row = await _wait_row(env, row_id, lambda r: r.attempts >= 1)
             assert row.status == "pending" and row.lease_until is None
             assert row.last_error and case.raises.__name__ in row.last_error
-            assert row.next_attempt_at > utcnow()
+            # Put off by a backoff (≥ 1 s after it was queued), not resent at once. Not
+            # "> now": a loaded machine may read the row after that second has passed.
+            assert row.next_attempt_at - row.created_at >= timedelta(seconds=0.9)
             await env.tg.clear_faults()
         row = await _wait_row(env, row_id, lambda r: r.status != "pending", timeout=15)
         expected = "sent" if case.outcome == "moved" else case.outcome
