@@ -174,7 +174,7 @@ class BotApp:
             ),
             self.metrics,
         )
-        ledger = AdminLedger(self.sessions)
+        ledger = AdminLedger(self.sessions, self.notifier)
         # The one admin object the handlers get; the reports share its balance.
         self.admin = AdminOps(
             self.sessions,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.clock import utcnow
 from core.money import format_usd
 from db.models import OutboxMessage
-from locales import Phrase, Translator, translator
+from locales import Markup, Phrase, Translator, translator
 from processing.admin_ops import AdminOps, Balance
 from services.admin_ledger import AdminLedger, Period, Stats, days_period
 from services.admin_topics import AlertCategory
@@ -149,7 +149,7 @@ async def _has_any(session: AsyncSession, pattern: str) -> bool:
 
 
 def stats_text(t: Translator, stats: Stats) -> str:
-    return t(
+    text = t(
         "admin_report.stats",
         created=stats.created,
         paid=stats.paid,
@@ -163,6 +163,13 @@ def stats_text(t: Translator, stats: Stats) -> str:
         refunded=stats.refunded,
         expired=stats.expired,
     )
+    if not stats.by_provider:
+        return text
+    items = Markup(" · ").join(
+        t("admin_report.provider_item", provider=name, count=count, revenue=format_usd(earned))
+        for name, count, earned in stats.by_provider
+    )
+    return f"{text}\n{t('admin_report.by_provider', items=items)}"
 
 
 def balance_text(t: Translator, balance: Balance) -> str:

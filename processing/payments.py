@@ -133,6 +133,7 @@ class AITokenPaymentProcessor:
                     "admin.mismatch",
                     dedupe=f"mismatch:{order.id}:{reason}",
                     order_id=order.id,
+                    provider=status.provider,
                     reason=reason,
                 )
                 return ApplyResult(Outcome.MISMATCH, order.id, order.user_id)

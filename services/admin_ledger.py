@@ -25,6 +25,7 @@ from db import repo
 from db.models import Order, OrderEvent, OrderStatus, Payment, User
 from db.status import CLOSED_UNPAID, REFUNDABLE, RETRYABLE, SETTLED
 from services.chat import ModelChatStats, chat_stats
+from services.notify import Notifier
 
 ZERO = Decimal("0.00")
 
@@ -79,6 +80,8 @@ class Stats:
     awaiting_funds: int
     # 💬 Chat in the period: answers, tokens and cost per model (on the buyers' keys).
     chat: tuple[ModelChatStats, ...] = ()
+    # Settled orders paid in the period per payment provider: (name, orders, revenue).
+    by_provider: tuple[tuple[str, int, Decimal], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,12 @@ Fence = Callable[[AsyncSession], Awaitable[None]]
 
 
 class AdminLedger:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], notifier: Notifier | None = None
+    ) -> None:
         self.sessions = sessions
+        # Tells the buyer of a refund, in the transaction that records it.
+        self.notifier = notifier
 
     # ------------------------------------------------------------- figures
     async def stats(self, period: Period) -> Stats:
@@ -125,17 +132,20 @@ class AdminLedger:
             paid = await _count(session, Order.paid_at, period)
             delivered = await _count(session, Order.delivered_at, period)
             rows = await session.execute(
-                select(Order.total_usd, Order.base_usd, Order.markup_usd).where(
+                select(Order.total_usd, Order.base_usd, Order.markup_usd, Order.provider).where(
                     Order.paid_at >= period.start,
                     Order.paid_at < period.end,
                     Order.status.in_([s.value for s in SETTLED]),
                 )
             )
             revenue = base = markup = ZERO
-            for total_usd, base_usd, markup_usd in rows:
+            providers: dict[str, tuple[int, Decimal]] = {}
+            for total_usd, base_usd, markup_usd, provider in rows:
                 revenue += total_usd
                 base += base_usd
                 markup += markup_usd
+                count, earned = providers.get(provider or "—", (0, ZERO))
+                providers[provider or "—"] = (count + 1, earned + total_usd)
             moved = {
                 status: await _moved_to(session, status, period)
                 for status in (OrderStatus.EXPIRED, OrderStatus.FAILED, OrderStatus.REFUNDED)
@@ -171,6 +181,9 @@ class AdminLedger:
             pending=int(open_now.get(OrderStatus.AWAITING_PAYMENT.value, 0)),
             awaiting_funds=int(open_now.get(OrderStatus.AWAITING_FUNDS.value, 0)),
             chat=tuple(chat),
+            by_provider=tuple(
+                (name, count, earned) for name, (count, earned) in sorted(providers.items())
+            ),
         )
 
     async def order_dossier(self, order_id: int) -> OrderDossier | None:
@@ -219,6 +232,15 @@ class AdminLedger:
             )
             if previous is None:
                 return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            if self.notifier is not None:
+                # The admin's note is for the books; the buyer hears what happens to them.
+                await self.notifier.user(
+                    session,
+                    order.user_id,
+                    "notify.refunded",
+                    dedupe=f"refunded:{order_id}",
+                    order_id=order_id,
+                )
             return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
 
     async def refundable(self, order_id: int) -> ActionResult:
@@ -281,6 +303,15 @@ class AdminLedger:
                 )
             if previous is None:
                 return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            if self.notifier is not None:
+                # The admin's note is for the books; the buyer hears what happens to them.
+                await self.notifier.user(
+                    session,
+                    order.user_id,
+                    "notify.refunded",
+                    dedupe=f"refunded:{order_id}",
+                    order_id=order_id,
+                )
             return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
 
 

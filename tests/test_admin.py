@@ -85,6 +85,9 @@ async def test_order_retry_refund_balance_stats(tmp_path: Path) -> None:
         assert refunded.refund_note == "returned 5 USDT, tx abc123"
         event = (await env.events(c))[-1]
         assert (event.kind, event.actor) == ("refunded", f"admin:{ADMIN_ID}")
+        # The buyer hears of it once, without the admins' note.
+        told = await env.tg.wait_for_text(BUYER3, f"Order #{c} was refunded")
+        assert "returning your payment" in told["plain"] and "abc123" not in told["plain"]
         await ask(env, "/refund 99999 whatever", "Order #99999 not found")
 
         # /balance: the emulator's own figures.
@@ -110,6 +113,7 @@ async def test_order_retry_refund_balance_stats(tmp_path: Path) -> None:
         assert f"Revenue: {format_usd(revenue)}" in stats
         assert f"markup earned {format_usd(markup)}" in stats
         assert "Failed: 2 · refunded: 1 · expired: 0" in stats
+        assert f"Paid by provider: kryptoexpress 2 ({format_usd(revenue)})" in stats, stats
         await ask(env, "/stats 7d", "Orders created: 3")
         await ask(env, "/stats forever", "Usage: /stats")
 

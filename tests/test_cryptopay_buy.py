@@ -88,6 +88,15 @@ async def test_fallback_to_cryptopay_confirmed_by_the_webhook_alone(tmp_path: Pa
         texts = [m["plain"] or "" for m in await env.tg.messages(BUYER) if m["from_bot"]]
         assert sum("Payment received" in t for t in texts) == 1
 
+        # The admins' views name the rail (issue 12 item 7): /order and /stats.
+        await env.tg.send_text(ADMIN_ID, f"/order {order_id}", chat_id=env.admin_chat)
+        await env.tg.wait_for_text(
+            env.admin_chat, f"Provider: cryptopay · payment {invoice['invoice_id']}"
+        )
+        await env.tg.send_text(ADMIN_ID, "/stats", chat_id=env.admin_chat)
+        stats = await env.tg.wait_for_text(env.admin_chat, "Paid by provider:")
+        assert f"Paid by provider: cryptopay 1 (${order.total_usd})" in stats["plain"], stats
+
 
 async def test_cryptopay_payment_confirmed_by_polling_alone(tmp_path: Path) -> None:
     async with rails(tmp_path) as (env, cp):

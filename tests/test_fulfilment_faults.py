@@ -69,6 +69,7 @@ async def test_rejected_management_key_fails_the_order_and_alerts(tmp_path: Path
             env.admin_chat, f"Fulfilment failed for order #{order_id}"
         )
         assert "Invalid credentials" in alert["plain"]
+        assert f"(user {BUYER}, paid via kryptoexpress)" in alert["plain"]
         await env.tg.wait_for_text(BUYER, "Your payment is safe")
         assert (await env.order(order_id)).attempts == 1  # a 401 is not retried blindly
 

@@ -81,6 +81,7 @@ async def test_the_topup_includes_the_balance_already_short_of_committed(tmp_pat
         alert = await env.tg.wait_for_text(env.admin_chat, f"Order #{second} awaits funds")
         assert "Top up OpenRouter by exactly $2.30" in alert["plain"], alert["plain"]
         assert "balance $1.00, committed to keys $1.65" in alert["plain"]
+        assert alert["plain"].endswith("Paid via kryptoexpress.")
         assert (await env.order(second)).funds_topup_usd == Decimal("2.30")
         # The alert carries both admin buttons.
         labels = [b["text"] for row in alert["buttons"] for b in row]

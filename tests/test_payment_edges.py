@@ -106,6 +106,7 @@ async def test_signed_callback_that_does_not_match_the_order_is_not_delivered(
         assert kinds.count("payment_mismatch") == 2 and "payment_confirmed" not in kinds
         alert = await env.tg.wait_for_text(env.admin_chat, "does not match the order (amount)")
         assert f"#{order_id}" in alert["plain"]
+        assert "signed kryptoexpress payment report" in alert["plain"]  # issue 12: the rail
         await env.tg.wait_for_text(env.admin_chat, "does not match the order (crypto_currency)")
         assert [k for k in await env.orc.keys() if not k["deleted"]] == []
 

@@ -10,7 +10,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.callbacks import MenuCb
 from core.clock import utcnow
@@ -169,6 +170,7 @@ class AttemptRecords(LedgerReassert):
             wait = await repo.count_events(session, order_id, "awaiting_funds")
             figures = {
                 "order_id": order_id,
+                "provider": await _provider(session, order_id),
                 "topup": format_usd(topup),
                 "available": format_usd(funds.available),
                 "committed": format_usd(funds.committed),
@@ -255,6 +257,7 @@ class AttemptRecords(LedgerReassert):
                     dedupe=f"failed:{order_id}:{attempts}",
                     order_id=order_id,
                     user_id=user_id,
+                    provider=await _provider(session, order_id),
                     error=str(exc)[:500],
                     attempts=attempts,
                 )
@@ -288,3 +291,9 @@ class AttemptRecords(LedgerReassert):
             give_up,
             exc,
         )
+
+
+async def _provider(session: AsyncSession, order_id: int) -> str:
+    """The payment provider an alert about the order names (the admins settle by it)."""
+    name = (await session.execute(select(Order.provider).where(Order.id == order_id))).scalar()
+    return name or "—"
