@@ -94,7 +94,7 @@ LANGUAGE_NAMES: dict[str, str] = {
 # Telegram's command menu) and held to full parity by the tests. A registered language
 # not listed here is not offered; a buyer whose Telegram speaks it gets English until
 # its translation lands.
-LANGUAGES_COMPLETE: tuple[str, ...] = ("en", "ru", "uk")
+LANGUAGES_COMPLETE: tuple[str, ...] = ("en", "ru", "uk", "es", "pt-BR", "tr", "zh-Hans", "fa")
 LANGUAGES = LANGUAGES_COMPLETE
 
 PLURAL_CATEGORIES = frozenset({"zero", "one", "two", "few", "many", "other"})

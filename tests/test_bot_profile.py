@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.profile import ADMIN_COMMANDS, BUYER_COMMANDS
-from locales import DEFAULT_LANGUAGE, LANGUAGES, translator
+from locales import DEFAULT_LANGUAGE, LANGUAGES, telegram_code, translator
 from sandbox.runner import ADMIN_CHAT_ID, BOT_TOKEN
 from tests.harness import Env, running_env
 
@@ -20,8 +20,9 @@ PROFILE_CALLS = ("setMyCommands", "deleteMyCommands", "setMyDescription", "setMy
 
 
 def _code(language: str) -> str:
-    # The default language is everybody's fallback (no language_code).
-    return "" if language == DEFAULT_LANGUAGE else language
+    # The default language is everybody's fallback (no language_code); Telegram takes
+    # two-letter codes ("pt" for pt-BR, "zh" for zh-Hans).
+    return "" if language == DEFAULT_LANGUAGE else telegram_code(language)
 
 
 async def _commands(env: Env) -> dict[tuple[str, int | None, str], list[str]]:

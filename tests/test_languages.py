@@ -1,20 +1,22 @@
 """Languages end to end: a Ukrainian buyer's purchase, /quota, /orders and /help in
 Ukrainian with Ukrainian numbers and plurals while the admins read Russian
-(ADMIN_LANGUAGE); /lang lists every offered language by its own name; the web chat
-sandbox offers every offered language."""
+(ADMIN_LANGUAGE); the same purchase and screens in each of the eight languages; /lang
+lists every offered language by its own name; the web chat sandbox offers every one."""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
-from core.money import format_crypto
+from core.money import format_crypto, format_usd
 from db.models import User
-from locales import LANGUAGE_NAMES, LANGUAGES
+from locales import LANGUAGE_NAMES, LANGUAGES, Phrase, catalog, translator
 from sandbox.runner import ADMIN_ID
 from sandbox.webchat import BUYERS, WebChat
 from tests.harness import running_env
@@ -125,3 +127,80 @@ async def test_web_chat_offers_every_offered_language(tmp_path: Path) -> None:
             await env.tg.wait_for(buyer, lambda m: "🤖 AI-токени" in _labels(m))
         finally:
             await webchat.stop()
+
+
+# Telegram's language_code as a buyer's app of each language sends it.
+TELEGRAM_CODES = {
+    "en": "en",
+    "ru": "ru-RU",
+    "uk": "uk-UA",
+    "es": "es-MX",
+    "pt-BR": "pt-br",
+    "tr": "tr",
+    "zh-Hans": "zh-hans",
+    "fa": "fa",
+}
+
+
+def _heading(language: str, key: str) -> str:
+    """The first line of a catalogue text as the buyer reads it (tags stripped)."""
+    entry = catalog(language)[key]
+    assert isinstance(entry, str)
+    return re.sub(r"<[^>]+>", "", entry.split("\n")[0]).split("{")[0].strip()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+async def test_every_language_buys_and_reads_quota_orders_help(
+    tmp_path: Path, language: str
+) -> None:
+    """Issue 15's "done when": a purchase, /quota, /orders and /help in each language,
+    labels, numbers and money in that language, every message valid Telegram HTML (the
+    emulator refuses anything else)."""
+    assert set(TELEGRAM_CODES) == set(LANGUAGES)
+    code = TELEGRAM_CODES[language]
+    t = translator(language)
+    async with running_env(tmp_path) as env:
+        await env.tg.send_text(BUYER, "/start", language_code=code)
+        await env.tg.wait_for(BUYER, lambda m: t.plain("menu.ai_tokens") in _labels(m))
+        await env.tg.press(BUYER, t.plain("menu.ai_tokens"))
+        starter = t.plain(
+            "buy.package_button",
+            name=t.plain("package.starter"),
+            tokens=Phrase("unit.tokens", count=110_000),
+            price=format_usd(Decimal("1.98")),
+        )
+        packages = await env.tg.wait_for(BUYER, lambda m: starter in _labels(m))
+        assert t.number(110_000) in starter and t.usd(Decimal("1.98")) in starter
+        assert t.plain("buy.custom_button") in _labels(packages)
+        await env.tg.press(BUYER, starter)
+        await env.tg.wait_for(BUYER, lambda m: "USDT" in _labels(m))
+        await env.tg.press(BUYER, "USDT")
+        await env.tg.wait_for(BUYER, lambda m: t.plain("quote.confirm") in _labels(m))
+        await env.tg.press(BUYER, t.plain("quote.confirm"))
+        invoice = await env.tg.wait_for(
+            BUYER, lambda m: bool(m.get("photo")) and t.plain("pay.check") in _labels(m)
+        )
+        (order,) = await env.orders()
+        assert order.crypto_amount is not None
+        # The amount to paste into a wallet is the same in every language.
+        assert f"{format_crypto(order.crypto_amount, 'USDT')}" in invoice["plain"]
+        assert t.usd(order.total_usd) in invoice["plain"]
+
+        await env.pay(order.id)
+        delivered = await env.tg.wait_for(
+            BUYER,
+            lambda m: (
+                f"{order.id}" in (m["plain"] or "") and "openrouter.ai/api/v1" in (m["plain"] or "")
+            ),
+        )
+        assert t.number(110_000) in delivered["plain"] and order.model in delivered["plain"]
+        assert (await env.order(order.id)).status == "delivered"
+
+        await env.tg.send_text(BUYER, "/quota", language_code=code)
+        quota = await env.tg.wait_for_text(BUYER, _heading(language, "quota.text"))
+        assert t.usd(order.base_usd) in quota["plain"], quota["plain"]
+        await env.tg.send_text(BUYER, "/orders", language_code=code)
+        orders = await env.tg.wait_for_text(BUYER, _heading(language, "orders.title"))
+        assert str(order.id) in orders["plain"] and t.usd(order.total_usd) in orders["plain"]
+        await env.tg.send_text(BUYER, "/help", language_code=code)
+        await env.tg.wait_for_text(BUYER, _heading(language, "help.text"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from locales import translator
 from sandbox.webchat import WebChat
 from tests.harness import Env, running_env
 
@@ -229,3 +230,40 @@ async def test_web_chat_shows_the_streaming_draft_and_stops_it(
         await draft.get_by_role("button", name="⏹ Stop").click()
         await expect(chat.locator(".msg.in").last).to_contain_text("Stopped")
         await expect(draft).to_have_count(0)
+
+
+@pytest.mark.parametrize(
+    ("language", "shot"),
+    [("es", "8-spanish.png"), ("zh-Hans", "9-chinese.png"), ("fa", "10-persian-rtl.png")],
+)
+async def test_a_purchase_in_another_language(
+    tmp_path: Path, browser_ready: Any, language: str, shot: str
+) -> None:
+    """Issue 15: the buyer's Telegram speaks another language; the whole purchase reads in
+    it, and Persian is laid out right to left with amounts and the key still readable."""
+    t = translator(language)
+    async with running_env(tmp_path) as env, web_page(env) as (page, _):
+        chat = page.locator("#chat")
+        await page.locator("#language").select_option(language)
+        await expect(page.locator("#toast")).to_contain_text(language)
+        await page.locator("#text").fill("/start")
+        await page.locator("#text").press("Enter")
+        await _chat_button(page, t.plain("menu.ai_tokens")).click()
+        await _chat_button(page, t.plain("package.starter"), prefix=True).click()
+        await _chat_button(page, "USDT").click()
+        await _chat_button(page, t.plain("quote.confirm")).click()
+        invoice = chat.locator(".msg.in", has=page.locator("img.photo")).last
+        await expect(invoice).to_be_visible()
+        (order,) = await env.orders()
+        card = page.locator(f"#wallet .invoice[data-order-id='{order.id}']")
+        await card.get_by_role("button", name="Pay in full").click()
+        delivered = chat.locator(".msg.in", has=page.locator(".spoiler")).last
+        await expect(delivered).to_contain_text(t.number(110_000))
+        spoiler = delivered.locator(".spoiler")
+        await spoiler.click()
+        key = (await env.orc.keys())[0]["key"]
+        await expect(spoiler).to_have_text(key)  # the key reads whole, whatever the direction
+        direction = await delivered.locator(".text").evaluate("e => getComputedStyle(e).direction")
+        assert direction == ("rtl" if language == "fa" else "ltr")
+        assert (await env.order(order.id)).status == "delivered"
+        await _shot(page, shot)

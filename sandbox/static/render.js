@@ -72,6 +72,8 @@ function renderMessage(record, onPress) {
   }
   const text = document.createElement("div");
   text.className = "text";
+  // Like Telegram's apps: a message written right to left (Persian) is laid out so.
+  text.dir = "auto";
   const plain = record.plain || "";
   text.append(renderEntities(plain, record.entities || [], 0, plain.length));
   bubble.append(text);
@@ -90,6 +92,7 @@ function renderMessage(record, onPress) {
       for (const button of row) {
         const b = document.createElement(button.url ? "a" : "button");
         b.className = "kb-button";
+        b.dir = "auto";
         b.textContent = button.text;
         if (button.url) {
           b.href = button.url;
@@ -148,6 +151,7 @@ function syncDraft(container, draft, onStop) {
   }
   const text = document.createElement("div");
   text.className = "text";
+  text.dir = "auto";
   text.append(draft.plain ? renderEntities(draft.plain, draft.entities || [], 0, draft.plain.length) : "Thinking…");
   const parts = [text];
   if (draft.can_stop && !draft.stopped) {
