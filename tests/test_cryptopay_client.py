@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -308,3 +310,43 @@ async def test_webhook_verifier(env: Env) -> None:
     raw_other, h_other = env.receiver.calls[-1]
     with pytest.raises(CallbackRejected, match="update_type"):
         env.client.parse_webhook(raw_other, h_other["crypto-pay-api-signature"])
+
+
+async def test_spec_section_3_examples_on_the_wire(env: Env) -> None:
+    """SPEC §3 and reference/providers.md, as the wire shows them: the refusal envelope,
+    the webhook body and its signature computed here from the documented recipe."""
+    async with httpx.AsyncClient(base_url=env.url + "/api") as raw:
+        answer = await raw.post(
+            "/createInvoice",
+            headers={"Crypto-Pay-API-Token": TOKEN},
+            json={"currency_type": "fiat", "fiat": "USD", "amount": "1.98", "expires_in": 2678401},
+        )
+    assert answer.status_code == 400
+    assert answer.json() == {"ok": False, "error": {"code": 400, "name": "EXPIRES_IN_INVALID"}}
+
+    invoice = await env.invoice("1.98", expires_in=2678400)
+    await env.control.pay(invoice.invoice_id, "USDT")
+    body, headers = env.receiver.calls[-1]
+    update = loads(body)
+    assert set(update) == {"update_id", "update_type", "request_date", "payload"}
+    assert update["update_type"] == "invoice_paid"
+    paid = update["payload"]
+    assert type(paid["invoice_id"]) is int and paid["status"] == "paid"
+    for name in ("amount", "paid_amount", "paid_usd_rate"):
+        assert type(paid[name]) is str, name  # amounts are strings on the wire
+    assert (paid["fiat"], paid["paid_asset"], paid["payload"]) == ("USD", "USDT", "order:42")
+    for name in (
+        "hash",
+        "bot_invoice_url",
+        "mini_app_invoice_url",
+        "web_app_invoice_url",
+        "created_at",
+        "expiration_date",
+        "paid_at",
+    ):
+        assert paid[name], name
+    # hex HMAC-SHA256(key = SHA-256 digest of the token, message = the raw body)
+    key = hashlib.sha256(TOKEN.encode()).digest()
+    expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+    assert headers["crypto-pay-api-signature"] == expected
+    assert env.client.verify_webhook(body, expected) is True
