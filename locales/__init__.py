@@ -249,7 +249,9 @@ class Translator:
         if self.language == DEFAULT_LANGUAGE:
             # SPEC's English form (unambiguous for buyers everywhere).
             return str(moment)
-        return f"{format_datetime(moment.moment, 'short', tzinfo=UTC, locale=self.locale)} UTC"
+        zone = moment.zone or UTC
+        written = format_datetime(moment.moment, "short", tzinfo=zone, locale=self.locale)
+        return f"{written} {moment.zone_name}"
 
     # ---------------------------------------------------------------- templates
     def _template(self, key: str, params: dict[str, Any]) -> str | None:

@@ -30,7 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.callbacks import MenuCb, OrderCb
-from core.clock import utcnow
+from core.clock import Moment, utcnow
 from core.money import CENT, format_crypto, format_usd
 from db import repo
 from db.models import ApiKey, Order, OrderStatus, OutboxMessage, User
@@ -316,8 +316,9 @@ class BuyerAlerts:
                 queued += 1
         return queued
 
-    def _local(self, moment: datetime) -> str:
-        return moment.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %Z")
+    def _local(self, moment: datetime) -> Moment:
+        # In the operator's TIMEZONE, written in the buyer's language by the translator.
+        return Moment(moment, self.zone)
 
 
 async def _queued(session: AsyncSession, dedupe: str) -> bool:

@@ -35,6 +35,7 @@ from core.clock import utcnow
 from core.metrics import Metrics
 from db import repo
 from db.models import ChatMessage
+from locales import Phrase
 from services.errors import DomainError
 from services.openrouter_chat import ChatCallError, Delta, OpenRouterChat, Usage
 from services.vault import KeyVault
@@ -226,7 +227,9 @@ class ChatService:
         while recent and now - recent[0] > 60:
             recent.popleft()
         if len(recent) >= self.settings.rate_per_minute:
-            raise ChatRateLimited(seconds=int(60 - (now - recent[0])) + 1)
+            raise ChatRateLimited(
+                seconds=Phrase("unit.seconds", count=int(60 - (now - recent[0])) + 1)
+            )
         recent.append(now)
         running = self._inflight[user_id] = _InFlight(draft_id)
         return running

@@ -271,7 +271,8 @@ async def test_too_many_messages_a_minute_are_refused_politely(tmp_path: Path) -
         await env.tg.send_text(BUYER, "echo: first")
         await env.tg.wait_for_text(BUYER, "This answer:")
         await env.tg.send_text(BUYER, "echo: second")
-        await env.tg.wait_for_text(BUYER, "That's a lot of messages in a minute")
+        refused = await env.tg.wait_for_text(BUYER, "That's a lot of messages in a minute")
+        assert re.search(r"Please wait \d+ seconds? and send again", refused["plain"]), refused
         assert len(_completions(await env.orc.requests())) == 1
 
 

@@ -10,11 +10,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import locales
-from core.clock import format_utc
+from core.clock import Moment, format_utc
 from core.money import format_count, format_crypto, format_tokens, format_usd
 from locales import (
     DEFAULT_LANGUAGE,
@@ -394,7 +395,16 @@ def test_russian_numbers_money_and_dates() -> None:
     moment = format_utc(datetime(2026, 3, 5, 14, 7, tzinfo=UTC))
     assert Translator("en").plain("quote.expired") and str(moment) == "2026-03-05 14:07 UTC"
     assert t.moment(moment) == "05.03.2026, 14:07 UTC"
+    # A reminder's deadline is written in the operator's TIMEZONE, named, per language.
+    local = Moment(datetime(2026, 3, 5, 14, 7, tzinfo=UTC), ZoneInfo("Europe/Moscow"))
+    assert str(local) == "2026-03-05 17:07 MSK"
+    assert t.moment(local) == "05.03.2026, 17:07 MSK"
+    assert Translator("es").moment(local) == "5/3/26, 17:07 MSK"
     assert format_count(Decimal("2.5")) == "2.5"
+    # "Please wait 21 seconds": the count agrees (no "21 s" dodging the plural).
+    assert t.plain("unit.seconds", count=21) == "21 секунду"
+    assert t.plain("unit.seconds", count=5) == "5 секунд"
+    assert Translator("en").plain("unit.seconds", count=1) == "1 second"
 
 
 @pytest.mark.parametrize("language", LANGUAGES_COMPLETE)
