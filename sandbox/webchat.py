@@ -29,7 +29,7 @@ from sandbox.runner import ADMIN_CHAT_ID, ADMIN_ID
 from sandbox.telegram_control import TelegramControl, TelegramControlError
 from sandbox.webchat_feed import ChatFeed, Pulse, chat_view
 from sandbox.webchat_money import OpenRouterPane
-from sandbox.webchat_wallet import KRYPTOEXPRESS, Wallet
+from sandbox.webchat_wallet import Wallet
 
 if TYPE_CHECKING:
     from bot.app import BotApp
@@ -103,10 +103,8 @@ class WebChat:
         app.router.add_post("/api/language", self.language)
         app.router.add_post("/api/name", self.name)
         app.router.add_get("/api/panels", self.panels)
-        # The rail is in the path: the two providers' invoice ids may coincide. The
-        # route without it is the first page's (KryptoExpress was the only rail then).
+        # The rail is in the path: the two providers' invoice ids may coincide.
         app.router.add_post("/api/wallet/{provider}/{payment_id}/{action}", self.wallet_action)
-        app.router.add_post("/api/wallet/{payment_id}/{action}", self.wallet_action)
         app.router.add_post("/api/openrouter/credits", self.set_credits)
         app.router.add_post("/api/openrouter/keys/{hash}/spend", self.spend)
         return app
@@ -245,7 +243,7 @@ class WebChat:
             payment_id = int(request.match_info["payment_id"])
             await self.wallet.act(
                 buyer,
-                request.match_info.get("provider", KRYPTOEXPRESS),
+                request.match_info["provider"],
                 payment_id,
                 request.match_info["action"],
                 asset=None if asset is None else str(asset),

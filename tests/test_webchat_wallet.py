@@ -155,8 +155,13 @@ async def test_wallet_lets_a_crypto_pay_invoice_expire_beside_a_kryptoexpress_on
         cards = await _wallet(client, ALICE)
         assert cards[0]["expired"] and cards[0]["status"] == "expired"
 
-        # The KryptoExpress invoice still pays through its own route (the page's old one).
+        # The KryptoExpress invoice pays through its own rail's route, and only there.
         kx_card = cards[1]
+        for rail in ("cryptopay", "bitpay"):
+            refused = await client.post(
+                f"/api/wallet/{rail}/{kx_card['payment_id']}/pay", params={"buyer": ALICE}
+            )
+            assert refused.status_code == 400, refused.text
         paid = await client.post(
             f"/api/wallet/kryptoexpress/{kx_card['payment_id']}/pay_full", params={"buyer": ALICE}
         )

@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { buyer: null, admin: null, language: "en", commands: [], stream: null };
+// assets: the asset picked per Crypto Pay invoice, kept across the wallet's re-renders.
+const state = { buyer: null, admin: null, language: "en", commands: [], stream: null, assets: {} };
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -126,6 +127,9 @@ function renderWallet(invoices) {
           option.value = option.textContent = code;
           asset.append(option);
         }
+        const key = `${inv.provider}:${inv.payment_id}`;
+        if (inv.assets.includes(state.assets[key])) asset.value = state.assets[key];
+        asset.addEventListener("change", () => { state.assets[key] = asset.value; });
         actions.append(
           asset,
           button("Pay", act("pay", () => ({ asset: asset.value })), "primary"),
