@@ -91,12 +91,16 @@ async def _rotate_keys() -> int:
 async def _run_sandbox(demo: bool, started_at: float) -> int:
     from bot.app import BotApp
     from sandbox.demo import play_demo
-    from sandbox.runner import start_sandbox, temp_sqlite_url
+    from sandbox.runner import SANDBOX_PAYMENT_PROVIDERS, start_sandbox, temp_sqlite_url
     from sandbox.webchat import WebChat
 
     sandbox = await start_sandbox()
     with tempfile.TemporaryDirectory(prefix="aitokenbot-") as tmp:
-        settings = sandbox.settings(temp_sqlite_url(Path(tmp)), payment_poll_seconds=5)
+        settings = sandbox.settings(
+            temp_sqlite_url(Path(tmp)),
+            payment_poll_seconds=5,
+            payment_providers=SANDBOX_PAYMENT_PROVIDERS,
+        )
         app = BotApp(settings)
         stack = contextlib.AsyncExitStack()
         try:
@@ -110,6 +114,7 @@ async def _run_sandbox(demo: bool, started_at: float) -> int:
             print(f"  Telegram emulator control: {sandbox.telegram_url}/control/state")
             print(f"  OpenRouter emulator:       {sandbox.openrouter_url}/control/keys")
             print(f"  KryptoExpress emulator:    {sandbox.kryptoexpress_url}/control/payments")
+            print(f"  Crypto Pay emulator:       {sandbox.cryptopay_url}/control/invoices")
             bot_http = f"http://{settings.web_host}:{app.web_port}"
             print(f"  Bot readiness and metrics: {bot_http}/readyz  {bot_http}/metrics", flush=True)
             await _until_stopped()

@@ -27,6 +27,10 @@ KRYPTO_API_KEY = "sandbox-kryptoexpress-api-key"
 CRYPTO_PAY_TOKEN = "12345:AAsandbox-crypto-pay-token"
 ADMIN_CHAT_ID = -1001000000001
 ADMIN_ID = 1000
+# `run.py --sandbox` offers both rails, KryptoExpress asked first (as in production), so
+# an asset only Crypto Pay takes (TON, ETH …) gets a Crypto Pay invoice. The tests'
+# default stays KryptoExpress alone: a test that wants both asks for them.
+SANDBOX_PAYMENT_PROVIDERS = ["kryptoexpress", "cryptopay"]
 
 
 def free_port() -> int:

@@ -24,10 +24,12 @@ from aiohttp import web
 from locales import LANGUAGE_NAMES
 from locales import LANGUAGES as LANGUAGES_OFFERED
 from sandbox.common import LOOPBACK, Served, dumps, json_response
+from sandbox.provider_control import ControlError
 from sandbox.runner import ADMIN_CHAT_ID, ADMIN_ID
 from sandbox.telegram_control import TelegramControl, TelegramControlError
 from sandbox.webchat_feed import ChatFeed, Pulse, chat_view
-from sandbox.webchat_money import OpenRouterPane, Wallet
+from sandbox.webchat_money import OpenRouterPane
+from sandbox.webchat_wallet import Wallet
 
 if TYPE_CHECKING:
     from bot.app import BotApp
@@ -58,7 +60,7 @@ class WebChat:
     ) -> None:
         self.tg = TelegramControl(sandbox.telegram_url)
         self.feed = ChatFeed(sandbox.telegram_url)
-        self.wallet = Wallet(sandbox.kryptoexpress_url, app)
+        self.wallet = Wallet(sandbox.kryptoexpress_url, sandbox.cryptopay_url, app)
         self.openrouter = OpenRouterPane(sandbox.openrouter_url, app)
         self.pulse = Pulse()
         self.languages: dict[int, str] = dict.fromkeys(BUYERS, "en")
@@ -100,7 +102,9 @@ class WebChat:
         app.router.add_post("/api/stop", self.stop_draft)
         app.router.add_post("/api/language", self.language)
         app.router.add_post("/api/name", self.name)
-        app.router.add_post("/api/wallet/{payment_id}/{action}", self.wallet_action)
+        app.router.add_get("/api/panels", self.panels)
+        # The rail is in the path: the two providers' invoice ids may coincide.
+        app.router.add_post("/api/wallet/{provider}/{payment_id}/{action}", self.wallet_action)
         app.router.add_post("/api/openrouter/credits", self.set_credits)
         app.router.add_post("/api/openrouter/keys/{hash}/spend", self.spend)
         return app
@@ -161,6 +165,10 @@ class WebChat:
                 await response.write(b": ping\n\n")
                 await self.feed.wait_change(chats, seq, changed, PANEL_REFRESH_SECONDS)
         return response
+
+    async def panels(self, request: web.Request) -> web.Response:
+        """What the stream's ``panels`` event carries, once (for scripts and tests)."""
+        return json_response(await self._panels(_buyer(request.query.get("buyer"))))
 
     async def _panels(self, buyer: int) -> dict[str, Any]:
         return {
@@ -227,12 +235,24 @@ class WebChat:
         return json_response({"buyer": buyer, "name": name})
 
     async def wallet_action(self, request: web.Request) -> web.Response:
+        """``{"asset": …}`` in the body picks the asset a Crypto Pay invoice is paid in."""
         buyer = _buyer(request.query.get("buyer"))
+        body = await request.json() if request.can_read_body else {}
+        asset = body.get("asset") if isinstance(body, dict) else None
         try:
             payment_id = int(request.match_info["payment_id"])
-            await self.wallet.act(buyer, payment_id, request.match_info["action"])
+            await self.wallet.act(
+                buyer,
+                request.match_info["provider"],
+                payment_id,
+                request.match_info["action"],
+                asset=None if asset is None else str(asset),
+            )
         except (ValueError, LookupError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
+        except ControlError as exc:
+            # The provider refused (an invoice already paid or expired): say why.
+            raise web.HTTPBadRequest(text=f"the provider refused: {exc.body[:200]}") from None
         self.pulse.fire()
         return json_response({"ok": True})
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from locales import translator
+from sandbox.runner import SANDBOX_PAYMENT_PROVIDERS
 from sandbox.webchat import WebChat
 from tests.harness import Env, running_env
 
@@ -267,3 +268,40 @@ async def test_a_purchase_in_another_language(
         assert direction == ("rtl" if language == "fa" else "ltr")
         assert (await env.order(order.id)).status == "delivered"
         await _shot(page, shot)
+
+
+async def test_wallet_pays_a_crypto_pay_invoice_in_the_chosen_asset(
+    tmp_path: Path, browser_ready: Any
+) -> None:
+    """Both rails, as `run.py --sandbox` has them: a TON order is Crypto Pay's; its wallet
+    card offers the asset choice, and Pay makes @CryptoBot (the emulator) pay and send
+    its signed webhook."""
+    alice = 5550001
+    async with (
+        running_env(tmp_path, payment_providers=SANDBOX_PAYMENT_PROVIDERS) as env,
+        web_page(env) as (page, _),
+    ):
+        await env.start_chat(alice)
+        await env.open_packages(alice)
+        await env.tg.press(alice, "Starter", match="prefix")
+        await env.tg.wait_for(alice, lambda m: "TON" in _labels(m))
+        await env.tg.press(alice, "TON")
+        await env.tg.wait_for_text(alice, "Your quote")
+        await env.tg.press(alice, "✅ Confirm order")
+        screen = await env.tg.wait_for_text(alice, "with @CryptoBot")
+        order_id = int(re.search(r"Order #(\d+)", screen["plain"]).group(1))  # type: ignore[union-attr]
+
+        card = page.locator(f"#wallet .invoice[data-order-id='{order_id}']")
+        await expect(card).to_contain_text("Crypto Pay")
+        await expect(card).to_contain_text("unpaid in @CryptoBot")
+        await expect(card.locator("select.asset")).to_have_value("TON")
+        await _shot(page, "11-crypto-pay-wallet.png")
+        await card.get_by_role("button", name="Pay", exact=True).click()
+        await expect(page.locator("#chat")).to_contain_text(f"Order #{order_id} delivered")
+        await expect(card).to_contain_text("paid")
+        await expect(card).to_contain_text("TON in @CryptoBot")
+        assert (await env.order(order_id)).status == "delivered"
+
+
+def _labels(message: dict[str, Any]) -> list[str]:
+    return [b["text"] for row in message.get("buttons") or [] for b in row]

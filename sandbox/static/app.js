@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { buyer: null, admin: null, language: "en", commands: [], stream: null };
+// assets: the asset picked per Crypto Pay invoice, kept across the wallet's re-renders.
+const state = { buyer: null, admin: null, language: "en", commands: [], stream: null, assets: {} };
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -74,6 +75,8 @@ function button(label, onClick, cls) {
   return b;
 }
 
+// One card per invoice, either rail; the buttons make that rail's emulator act as the
+// provider does (see sandbox/webchat_wallet.py).
 function renderWallet(invoices) {
   const box = $("wallet");
   box.replaceChildren();
@@ -82,31 +85,64 @@ function renderWallet(invoices) {
     return;
   }
   for (const inv of invoices) {
+    const cryptoPay = inv.provider === "cryptopay";
     const card = document.createElement("div");
     card.className = "invoice " + inv.status;
     card.dataset.orderId = inv.order_id;
+    card.dataset.provider = inv.provider;
     const head = document.createElement("div");
     head.className = "invoice-head";
-    head.textContent = `Order #${inv.order_id} · ${inv.amount} ${inv.currency} ($${inv.fiat})`;
+    // A Crypto Pay invoice is priced in USD: its crypto side exists once it is paid.
+    head.textContent = cryptoPay
+      ? `Order #${inv.order_id} · $${inv.fiat} in ${inv.currency}` +
+        (inv.amount ? ` (${inv.amount} ${inv.currency})` : "")
+      : `Order #${inv.order_id} · ${inv.amount} ${inv.currency} ($${inv.fiat})`;
+    const rail = document.createElement("span");
+    rail.className = "rail";
+    rail.textContent = cryptoPay ? "Crypto Pay" : "KryptoExpress";
     const status = document.createElement("span");
     status.className = "status";
     status.textContent = inv.status.replace("_", " ");
-    head.append(status);
+    head.append(rail, status);
     const figures = document.createElement("div");
     figures.className = "hint";
-    figures.textContent = `received ${inv.received} · missing ${inv.missing}` +
-      (inv.paid ? " · paid" : "") + (inv.expired ? " · expired at the provider" : "");
+    figures.textContent = cryptoPay
+      ? (inv.paid ? `paid ${inv.amount} ${inv.currency} in @CryptoBot` : "unpaid in @CryptoBot") +
+        (inv.expired ? " · expired at the provider" : "")
+      : `received ${inv.received} · missing ${inv.missing}` +
+        (inv.paid ? " · paid" : "") + (inv.expired ? " · expired at the provider" : "");
     card.append(head, figures);
-    if (!inv.paid) {
-      const act = (action) => () => api("POST", `/api/wallet/${inv.payment_id}/${action}?buyer=${state.buyer}`);
+    if (!inv.paid && !(cryptoPay && inv.expired)) {
+      const path = `/api/wallet/${inv.provider}/${inv.payment_id}`;
+      const act = (action, body) => () => api("POST", `${path}/${action}?buyer=${state.buyer}`, body && body());
       const actions = document.createElement("div");
       actions.className = "row";
-      actions.append(
-        button("Pay in full", act("pay_full"), "primary"),
-        button("Pay half", act("pay_partial")),
-        button("Pay after expiry", act("pay_late")),
-        button("Let it expire", act("expire")),
-      );
+      if (cryptoPay) {
+        // The buyer picks the asset in @CryptoBot among those the invoice accepts.
+        const asset = document.createElement("select");
+        asset.className = "asset";
+        asset.setAttribute("aria-label", "asset to pay in");
+        for (const code of inv.assets) {
+          const option = document.createElement("option");
+          option.value = option.textContent = code;
+          asset.append(option);
+        }
+        const key = `${inv.provider}:${inv.payment_id}`;
+        if (inv.assets.includes(state.assets[key])) asset.value = state.assets[key];
+        asset.addEventListener("change", () => { state.assets[key] = asset.value; });
+        actions.append(
+          asset,
+          button("Pay", act("pay", () => ({ asset: asset.value })), "primary"),
+          button("Let it expire", act("expire")),
+        );
+      } else {
+        actions.append(
+          button("Pay in full", act("pay_full"), "primary"),
+          button("Pay half", act("pay_partial")),
+          button("Pay after expiry", act("pay_late")),
+          button("Let it expire", act("expire")),
+        );
+      }
       card.append(actions);
     }
     box.append(card);
