@@ -30,12 +30,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiogram import Bot, Dispatcher, Router
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
-
 from bench.common import database_env, machine, print_json, save
+from bench.echo_bot import bare_bot
 from sandbox.runner import BOT_TOKEN, sandbox_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,45 +148,8 @@ async def run_ours(buyers: int, database_url: str | None = None) -> dict[str, An
 
 
 # ---------------------------------------------------------------------- bare
-def echo_router() -> Router:
-    router = Router()
-    keyboard = InlineKeyboardMarkup(
-        inline_keyboard=[[InlineKeyboardButton(text="echo", callback_data="echo")]]
-    )
-
-    @router.message()
-    async def on_message(message: Message) -> None:
-        await message.answer(message.text or "?", reply_markup=keyboard)
-
-    @router.callback_query()
-    async def on_callback(callback: CallbackQuery) -> None:
-        await callback.answer()
-        if isinstance(callback.message, Message):
-            await callback.message.edit_text(f"pressed {callback.id}", reply_markup=keyboard)
-
-    return router
-
-
-@contextlib.asynccontextmanager
-async def bare_bot(telegram_url: str) -> AsyncIterator[None]:
-    bot = Bot(BOT_TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(telegram_url)))
-    dp = Dispatcher()
-    dp.include_router(echo_router())
-    polling = asyncio.create_task(
-        dp.start_polling(bot, handle_signals=False, close_bot_session=False, polling_timeout=20)
-    )
-    try:
-        yield
-    finally:
-        with contextlib.suppress(RuntimeError):
-            await dp.stop_polling()
-        polling.cancel()
-        await asyncio.gather(polling, return_exceptions=True)
-        await bot.session.close()
-
-
 async def run_bare(buyers: int) -> dict[str, Any]:
-    async with load_side("echo", buyers) as side, bare_bot(side.urls["telegram"]):
+    async with load_side("echo", buyers) as side, bare_bot(side.urls["telegram"], BOT_TOKEN):
         return await side.drive()
 
 

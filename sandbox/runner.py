@@ -88,6 +88,14 @@ def sandbox_settings(
 ) -> Settings:
     """Settings for a bot wired to emulators at ``urls`` (``Sandbox.urls()``), which may
     run in another process (the update benchmark keeps them out of the bot's)."""
+    return load_settings(**sandbox_setting_values(urls, callback_secret, database_url, **overrides))
+
+
+def sandbox_setting_values(
+    urls: dict[str, str], callback_secret: str, database_url: str, **overrides: Any
+) -> dict[str, Any]:
+    """The values behind ``sandbox_settings`` (plain JSON: a process that must not import
+    the emulators builds its settings from them)."""
     web_port = overrides.pop("web_port", None) or free_port()
     values: dict[str, Any] = {
         "bot_token": BOT_TOKEN,
@@ -113,7 +121,7 @@ def sandbox_settings(
         "sandbox": True,
     }
     values.update(overrides)
-    return load_settings(**values)
+    return values
 
 
 async def start_sandbox(
