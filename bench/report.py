@@ -89,6 +89,7 @@ def _update_spreads(runs: list[dict[str, Any]]) -> str:
 
 def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
     updates = load("updates", quick=quick)
+    memory = load("memory", quick=quick)
     payments = load("payments", quick=quick)
     broadcast = load("broadcast", quick=quick)
     scale = load("scale", quick=quick)
@@ -173,6 +174,24 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
         )
         if updates.get("runs"):
             add(_update_spreads(updates["runs"]))
+    if memory:
+        add("## 1b. Idle memory (bot vs bare aiogram echo bot)\n")
+        add(
+            "Each bot alone in a fresh process (the emulators in another), started on a "
+            "database already at head (a restart, the usual start), one `/start` answered, "
+            "then idle; `VmRSS` from /proc. "
+            f"{len(memory['rounds'])} rounds, min / median / max.\n"
+        )
+        add("| figure | min / median / max | target |")
+        add("|---|---:|---:|")
+        add(f"| ours: idle RSS MiB | {_spread(memory['ours_rss_mib'])} | |")
+        add(f"| bare aiogram echo bot: idle RSS MiB | {_spread(memory['bare_rss_mib'])} | |")
+        add(f"| ours above bare, MiB | {_spread(memory['above_bare_mib'])} | ≤ 40 |")
+        first = memory["rounds"][0]["ours"]
+        add(
+            f"\nAlembic imported by the idle bot: {first.get('alembic_loaded')}; redis "
+            f"(REDIS_URL unset): {first.get('redis_loaded')}.\n"
+        )
     if payments:
         add("## 2. Payment confirmations (signed callbacks in parallel)\n")
         add(
