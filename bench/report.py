@@ -87,6 +87,36 @@ def _update_spreads(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BEFORE_AFTER_ROWS = (
+    ("ours_bot_cpu_ms_per_update", "ours: bot CPU ms / update"),
+    ("bare_bot_cpu_ms_per_update", "bare: bot CPU ms / update"),
+    ("cpu_ratio", "bare / ours bot CPU per update"),
+    ("throughput_ratio", "ours / bare updates/s"),
+    ("load_1min", "1-minute load average"),
+)
+
+
+def _before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The last change's effect, from bench/results/updates.before.json (the same
+    benchmark run on the commit before it) and the current results."""
+    lines = [
+        f"Before / after ({before.get('change', 'the last change')}): medians of "
+        "three rounds each, min–max in brackets. CPU per update is the figure to trust "
+        "on a loaded machine; updates/s moves with the load.\n",
+        "| figure | buyers | before | after |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in BEFORE_AFTER_ROWS:
+        for b, a in zip(before["runs"], after["runs"], strict=False):
+            sb, sa = b["summary"].get(key), a["summary"].get(key)
+            if sb and sa:
+                lines.append(
+                    f"| {label} | {a['buyers']} | {sb['median']:g} ({sb['min']:g}–{sb['max']:g}) "
+                    f"| {sa['median']:g} ({sa['min']:g}–{sa['max']:g}) |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
     updates = load("updates", quick=quick)
     memory = load("memory", quick=quick)
@@ -128,7 +158,7 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
         "is the headline. Benchmark 4 runs the bot in its own process.\n"
         "- Latency is taken from the Telegram emulator's own clock: the time it queued "
         "the update vs the time of the bot's answering Bot API call (`Event.at`).\n"
-        "- Each benchmark is one command (`python -m bench.updates`, `bench.payments`, "
+        "- Each benchmark is one command (`python -m bench.updates`, `bench.memory`, `bench.payments`, "
         "`bench.broadcast`, `bench.scale`; `--quick` for a small run); "
         "`python -m bench.run_all [--quick]` runs them all and regenerates this page. "
         "PostgreSQL runs use their own database `bench` "
@@ -162,18 +192,24 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
                 f"{f.get('bot_cpu_ms_per_update', '-')} | "
                 f"{f.get('load_side_cpu_ms_per_update', '-')} | {f['failures']} |"
             )
-        add(
-            f"\n**Headline: ours/bare throughput = {updates['throughput_ratio']}**; "
-            f"latency ×{updates['p50_ratio']} at p50, ×{updates['p99_ratio']} at p99"
-            + (
-                f"; bare/ours CPU per update = {updates['cpu_ratio']}"
-                if updates.get("cpu_ratio")
-                else ""
+        if updates.get("cpu_ratio"):
+            add(
+                f"\n**Headline: bare/ours bot CPU per update = {updates['cpu_ratio']}** "
+                "(the bot's own CPU, the figure that holds on a shared machine); "
+                f"ours/bare updates/s = {updates['throughput_ratio']}, latency "
+                f"×{updates['p50_ratio']} at p50, ×{updates['p99_ratio']} at p99 (these "
+                "move with the machine's load and the load side's own CPU).\n"
             )
-            + ".\n"
-        )
+        else:
+            add(
+                f"\n**Headline: ours/bare throughput = {updates['throughput_ratio']}**; "
+                f"latency ×{updates['p50_ratio']} at p50, ×{updates['p99_ratio']} at p99.\n"
+            )
         if updates.get("runs"):
             add(_update_spreads(updates["runs"]))
+        before = load("updates.before", quick=quick)
+        if before and before.get("runs") and updates.get("runs"):
+            add(_before_after(before, updates))
     if memory:
         add("## 1b. Idle memory (bot vs bare aiogram echo bot)\n")
         add(
@@ -187,6 +223,12 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
         add(f"| ours: idle RSS MiB | {_spread(memory['ours_rss_mib'])} | |")
         add(f"| bare aiogram echo bot: idle RSS MiB | {_spread(memory['bare_rss_mib'])} | |")
         add(f"| ours above bare, MiB | {_spread(memory['above_bare_mib'])} | ≤ 40 |")
+        before_memory = load("memory.before", quick=quick)
+        if before_memory:
+            add(
+                f"| before ({before_memory.get('change', 'the last change')}): ours above "
+                f"bare, MiB | {_spread(before_memory['above_bare_mib'])} | ≤ 40 |"
+            )
         first = memory["rounds"][0]["ours"]
         add(
             f"\nAlembic imported by the idle bot: {first.get('alembic_loaded')}; redis "
