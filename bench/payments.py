@@ -37,7 +37,7 @@ from bench.common import (
     save,
     summary_ms,
 )
-from bench.updates import Driver, buy_flow, drive, has_text
+from bench.load_side import ChatWakeups, Driver, buy_flow, drive, has_text
 from db.models import Order
 from sandbox.common import LOOPBACK, dumps
 from sandbox.kryptoexpress import sign_callback
@@ -113,7 +113,7 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
         async with running_env(Path(tmp)) as env:
             await env.orc.set_credits(Decimal("1000000"))
             clock = UpdateClock(env.sandbox.telegram)
-            driver = Driver(env.sandbox.telegram, env.tg, clock)
+            driver = Driver(env.sandbox.telegram, env.tg, clock, ChatWakeups(env.sandbox.telegram))
             buyers = list(range(FIRST_BUYER, FIRST_BUYER + orders))
             await drive(driver, buyers, package_flow)
             placed = [o for o in await env.orders() if o.provider_payment_id]

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # run as ``python bench/run_all.py`` too
 
 from bench.report import DOC, render  # noqa: E402
 
-BENCHMARKS = ("updates", "payments", "broadcast", "scale")
+BENCHMARKS = ("updates", "memory", "payments", "broadcast", "scale")
 HOTSPOTS = Path(__file__).resolve().parent / "hotspots.md"
 
 

@@ -25,6 +25,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from bot.middlewares import (
+    KeepResponseTypes,
     LateCallbackAnswers,
     LogContextMiddleware,
     TelegramWatch,
@@ -64,7 +65,7 @@ from services.payments.registry import build_providers
 from services.preferences import PreferencesService
 from services.pricing import AITokenService, PricingRules
 from services.quota import QuotaService
-from services.users import UserService
+from services.users import UserCache, UserService
 from services.vault import KeyVault
 
 if TYPE_CHECKING:
@@ -121,7 +122,14 @@ class BotApp:
             recheck_button=AdminFundsCb(action="recheck").pack(),
             topics=s.admin_topics,
         )
-        self.users = UserService(self.sessions, self.catalog, self.pricing)
+        # Replicas (they share Redis) do not see each other's writes to a buyer's row, so
+        # the per-process buyer cache is only on where this process is the only one.
+        self.users = UserService(
+            self.sessions,
+            self.catalog,
+            self.pricing,
+            UserCache(ttl=0 if s.redis_url else 300.0),
+        )
         self.orders = OrderService(
             self.sessions,
             self.catalog,
@@ -222,6 +230,7 @@ class BotApp:
         )
         self.bot.session.middleware(TelegramWatch(self.metrics))
         self.bot.session.middleware(LateCallbackAnswers())
+        self.bot.session.middleware(KeepResponseTypes())
         self.dp.update.outer_middleware(LogContextMiddleware())
         self.dp.update.outer_middleware(UserContextMiddleware(self.users))
         self.dp.include_routers(*routers())
@@ -239,7 +248,12 @@ class BotApp:
             shared = SharedBudget(self._redis, prefix, SendLimits())
             self.job_lock = JobLock(self._redis, prefix)
         self.outbox = OutboxSender(
-            self.sessions, self.bot, self.vault, self.notifier, shared=shared
+            self.sessions,
+            self.bot,
+            self.vault,
+            self.notifier,
+            shared=shared,
+            forget_user=self.users.cache.forget,
         )
         self.fulfilment.wake = self.outbox.wake
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)

@@ -72,35 +72,60 @@ class Sandbox:
     def settings(self, database_url: str, **overrides: Any) -> Settings:
         """Settings for a bot wired to these emulators; nothing read from the environment
         can point it elsewhere (explicit values win over env and .env)."""
-        web_port = overrides.pop("web_port", None) or free_port()
-        values: dict[str, Any] = {
-            "bot_token": BOT_TOKEN,
-            "telegram_api_base": self.telegram_url,
-            "telegram_mode": "polling",
-            "admin_chat_id": ADMIN_CHAT_ID,
-            "admin_ids": [ADMIN_ID],
-            "database_url": database_url,
-            "redis_url": None,
-            "openrouter_base_url": f"{self.openrouter_url}/api/v1",
-            "openrouter_management_key": MANAGEMENT_KEY,
-            "openrouter_api_key": None,
-            "krypto_express_api_url": f"{self.kryptoexpress_url}/api",
-            "krypto_express_api_key": KRYPTO_API_KEY,
-            "krypto_express_callback_secret": self.callback_secret,
-            "crypto_pay_api_url": f"{self.cryptopay_url}/api",
-            "crypto_pay_token": CRYPTO_PAY_TOKEN,
-            "payment_providers": ["kryptoexpress"],
-            "public_base_url": f"http://{LOOPBACK}:{web_port}",
-            "web_host": LOOPBACK,
-            "web_port": web_port,
-            "encryption_key": KeyVault.generate_key(),
-            "sandbox": True,
-        }
-        values.update(overrides)
+        settings = sandbox_settings(self.urls(), self.callback_secret, database_url, **overrides)
         # Crypto Pay posts to the one webhook URL its app has (the operator sets it in
         # @CryptoBot); here the emulator's app is pointed at this bot.
-        self.cryptopay.webhook_url = f"{values['public_base_url']}/payments/cryptopay"
-        return load_settings(**values)
+        self.cryptopay.webhook_url = f"{settings.public_base_url}/payments/cryptopay"
+        return settings
+
+    def urls(self) -> dict[str, str]:
+        return {
+            "telegram": self.telegram_url,
+            "openrouter": self.openrouter_url,
+            "kryptoexpress": self.kryptoexpress_url,
+            "cryptopay": self.cryptopay_url,
+        }
+
+
+def sandbox_settings(
+    urls: dict[str, str], callback_secret: str, database_url: str, **overrides: Any
+) -> Settings:
+    """Settings for a bot wired to emulators at ``urls`` (``Sandbox.urls()``), which may
+    run in another process (the update benchmark keeps them out of the bot's)."""
+    return load_settings(**sandbox_setting_values(urls, callback_secret, database_url, **overrides))
+
+
+def sandbox_setting_values(
+    urls: dict[str, str], callback_secret: str, database_url: str, **overrides: Any
+) -> dict[str, Any]:
+    """The values behind ``sandbox_settings`` (plain JSON: a process that must not import
+    the emulators builds its settings from them)."""
+    web_port = overrides.pop("web_port", None) or free_port()
+    values: dict[str, Any] = {
+        "bot_token": BOT_TOKEN,
+        "telegram_api_base": urls["telegram"],
+        "telegram_mode": "polling",
+        "admin_chat_id": ADMIN_CHAT_ID,
+        "admin_ids": [ADMIN_ID],
+        "database_url": database_url,
+        "redis_url": None,
+        "openrouter_base_url": f"{urls['openrouter']}/api/v1",
+        "openrouter_management_key": MANAGEMENT_KEY,
+        "openrouter_api_key": None,
+        "krypto_express_api_url": f"{urls['kryptoexpress']}/api",
+        "krypto_express_api_key": KRYPTO_API_KEY,
+        "krypto_express_callback_secret": callback_secret,
+        "crypto_pay_api_url": f"{urls['cryptopay']}/api",
+        "crypto_pay_token": CRYPTO_PAY_TOKEN,
+        "payment_providers": ["kryptoexpress"],
+        "public_base_url": f"http://{LOOPBACK}:{web_port}",
+        "web_host": LOOPBACK,
+        "web_port": web_port,
+        "encryption_key": KeyVault.generate_key(),
+        "sandbox": True,
+    }
+    values.update(overrides)
+    return values
 
 
 async def start_sandbox(

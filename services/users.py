@@ -3,6 +3,9 @@ whether Telegram still lets us write to them. Each method owns its transaction."
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import update
@@ -23,16 +26,73 @@ class UserView:
     model: str | None
 
 
+class UserCache:
+    """Buyers this process saw lately, as every update needs them (language, model), so
+    an update from a known buyer costs no transaction. An entry also means "the row
+    exists and is reachable": a buyer marked unreachable is forgotten, so their next
+    update goes to the database and marks them reachable again.
+
+    Correct within one process: every write of a cached column here (``set_language``,
+    ``set_model``, ``set_reachable``) and in the outbox (a 403 marks the buyer
+    unreachable) calls ``forget`` after its commit, and a lookup that began before a
+    ``forget`` does not store what it read (the ``token``), so a read racing a write
+    cannot bring the old value back. Another replica's writes are not seen, so the app
+    turns the cache off (``ttl`` 0) where replicas may run (Redis configured); ``ttl``
+    still bounds how long any entry lives.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 300.0,
+        size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.size = size  # bounded: memory stays flat whatever the number of buyers
+        self.clock = clock
+        self._entries: OrderedDict[int, tuple[float, UserView]] = OrderedDict()
+        self._epoch = 0
+
+    def get(self, user_id: int) -> UserView | None:
+        entry = self._entries.get(user_id)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            del self._entries[user_id]
+            return None
+        self._entries.move_to_end(user_id)
+        return entry[1]
+
+    def token(self) -> int:
+        """Taken before reading the row; ``put`` ignores a read older than a forget."""
+        return self._epoch
+
+    def put(self, view: UserView, token: int) -> None:
+        if self.ttl <= 0 or token != self._epoch:
+            return
+        self._entries[view.id] = (self.clock() + self.ttl, view)
+        self._entries.move_to_end(view.id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def forget(self, user_id: int) -> None:
+        self._epoch += 1
+        self._entries.pop(user_id, None)
+
+
 class UserService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         catalog: ModelCatalog,
         pricing: AITokenService,
+        cache: UserCache | None = None,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
         self.pricing = pricing
+        self.cache = cache or UserCache()
 
     async def ensure_user(
         self,
@@ -47,6 +107,10 @@ class UserService:
 
         ``writing`` False: the update is not the buyer talking to us (Telegram telling us
         they blocked or unblocked the bot), so it says nothing about reachability."""
+        cached = self.cache.get(user_id)
+        if cached is not None:
+            return cached  # known, reachable, this language and model (UserCache)
+        token = self.cache.token()
         async with self.sessions() as session:
             async with session.begin():
                 user = await session.get(User, user_id)
@@ -54,7 +118,12 @@ class UserService:
                     if writing and not user.reachable:
                         # A buyer who writes to us again has unblocked the bot.
                         user.reachable = True
-                    return UserView(user.id, user.language, user.model)
+                    view = UserView(user.id, user.language, user.model)
+                    reachable = bool(user.reachable)
+            if user is not None:
+                if reachable:  # committed: only now may other updates skip the row
+                    self.cache.put(view, token)
+                return view
             try:
                 async with session.begin():
                     session.add(
@@ -69,8 +138,10 @@ class UserService:
                     )
             except IntegrityError:
                 # Two first updates of one buyer at once: the other insert won.
-                pass
-            return UserView(user_id, language, None)
+                return UserView(user_id, language, None)
+            view = UserView(user_id, language, None)
+            self.cache.put(view, token)
+            return view
 
     async def set_reachable(self, user_id: int, reachable: bool) -> None:
         """The buyer blocked the bot (False) or unblocked it (True), as Telegram told us."""
@@ -78,10 +149,12 @@ class UserService:
             await session.execute(
                 update(User).where(User.id == user_id).values(reachable=reachable)
             )
+        self.cache.forget(user_id)
 
     async def set_language(self, user_id: int, language: str) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(update(User).where(User.id == user_id).values(language=language))
+        self.cache.forget(user_id)
 
     async def set_model(self, user_id: int, model_id: str) -> ModelPrice:
         model = await self.catalog.get(model_id)
@@ -89,4 +162,5 @@ class UserService:
             raise ModelUnavailable(model=model_id)
         async with self.sessions() as session, session.begin():
             await session.execute(update(User).where(User.id == user_id).values(model=model_id))
+        self.cache.forget(user_id)
         return model

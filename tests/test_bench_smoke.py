@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="benchmarks need requirements-bench.txt (matplotlib)")
 
-from bench import broadcast, payments, report, scale, updates
+from bench import broadcast, memory, payments, report, scale, updates
 from bench.common import percentile
 
 
@@ -29,6 +29,13 @@ async def test_updates_benchmark_runs() -> None:
         assert result[side]["failures"] == 0, result[side]["failure_sample"]
         assert result[side]["updates"] == 22  # 2 buyers × 5 + 2 × 6 updates
     assert result["throughput_ratio"] is not None
+
+
+async def test_memory_benchmark_runs() -> None:
+    result = await memory.run(1)
+    ours, bare = result["rounds"][0]["ours"], result["rounds"][0]["bare"]
+    assert ours["rss_mib"] > 0 and bare["rss_mib"] > 0
+    assert ours["alembic_loaded"] is False and ours["redis_loaded"] is False
 
 
 async def test_payments_benchmark_runs() -> None:

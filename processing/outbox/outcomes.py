@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from aiogram.exceptions import (
@@ -55,6 +56,9 @@ class SendOutcomes(Delivery):
     shared: SharedBudget | None
     _paused_until: float
     _wake: asyncio.Event
+    # Told after a buyer is marked unreachable, so a cache of buyers (services.users.
+    # UserCache) drops them and their next update marks them reachable again.
+    forget_user: Callable[[int], None]
 
     async def _send_one(self, row: OutboxMessage) -> bool:
         try:
@@ -200,4 +204,5 @@ class SendOutcomes(Delivery):
                     status=OutboxStatus.DROPPED.value, lease_until=None, last_error=error[:1000]
                 )
             )
+        self.forget_user(chat_id)
         log.warning("chat_unreachable chat=%s error=%s", chat_id, error)

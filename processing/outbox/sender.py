@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from aiogram import Bot
@@ -46,8 +47,10 @@ class OutboxSender(SendOutcomes):
         limits: SendLimits | None = None,
         progress_interval: float = 3.0,
         shared: SharedBudget | None = None,
+        forget_user: Callable[[int], None] = lambda _user_id: None,
     ) -> None:
         self.sessions = sessions
+        self.forget_user = forget_user
         # Every replica's Telegram budget (Redis), on top of this process's own pacing.
         self.shared = shared
         self.bot = bot

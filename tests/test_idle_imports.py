@@ -1,0 +1,78 @@
+"""The running bot does not carry libraries it only needs elsewhere (issue 14 item 6):
+Alembic is imported only when the database is behind head, redis only with REDIS_URL.
+Checked in a fresh interpreter: this test process has imported both already."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from db.engine import create_engine
+from db.migrate import at_head, upgrade_to_head
+from tests.harness import database_url, running_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import asyncio, json, sys
+from db.engine import create_engine
+from db.migrate import upgrade_to_head
+import bot.app  # everything the running bot imports
+
+async def main(url):
+    engine = create_engine(url)
+    await upgrade_to_head(engine)
+    await engine.dispose()
+
+asyncio.run(main(sys.argv[1]))
+print(json.dumps({name: name in sys.modules for name in ("alembic", "redis")}))
+"""
+
+
+def _probe(url: str) -> dict[str, bool]:
+    done = subprocess.run(  # noqa: S603 (our own interpreter and script)
+        [sys.executable, "-c", PROBE, url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    loaded: dict[str, bool] = json.loads(done.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+async def test_a_start_on_a_database_at_head_imports_no_alembic(tmp_path: Path) -> None:
+    url = database_url(tmp_path)
+    async with running_env(tmp_path):  # migrates the (wiped) database to head
+        pass
+    engine = create_engine(url)
+    try:
+        assert await at_head(engine)
+    finally:
+        await engine.dispose()
+    assert _probe(url) == {"alembic": False, "redis": False}
+
+
+async def test_a_database_behind_head_is_still_migrated(tmp_path: Path) -> None:
+    url = database_url(tmp_path)
+    async with running_env(tmp_path):
+        pass
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+            await connection.execute(text("DROP TABLE chat_messages"))
+        assert not await at_head(engine)
+        await upgrade_to_head(engine)
+        assert await at_head(engine)
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT count(*) FROM chat_messages"))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,82 @@
+"""What an update costs the bot beyond its handler (issue 14 item 2): aiogram's response
+classes are built once, not after every garbage collection, and a known buyer's update
+does not open a transaction for their row, while a change of language, model or
+reachability is seen on the very next update."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from pathlib import Path
+from typing import Any
+
+from aiogram.methods import GetUpdates, Response, SendMessage
+from sqlalchemy import event
+
+from db.models import User
+from tests.harness import Env, running_env
+
+BUYER = 5_100_001
+
+
+def _statements(env: Env) -> list[str]:
+    """Every SQL statement the app runs from now on (BEGIN/COMMIT are not statements)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(env.app.engine.sync_engine, "before_cursor_execute", record)
+    return seen
+
+
+async def test_response_classes_outlive_garbage_collection(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        gc.collect()
+        # Built again here only if nothing kept the class the bot's calls used.
+        for method in (SendMessage, GetUpdates):
+            kept = weakref.ref(Response[method.__returning__])  # type: ignore[name-defined]
+            gc.collect()
+            assert kept() is not None, method.__name__
+
+
+async def test_a_known_buyer_costs_no_user_lookup(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        statements = _statements(env)
+        await env.tg.send_text(BUYER, "/lang")
+        await env.tg.wait_for_text(BUYER, "Choose your language")
+        assert not [s for s in statements if "users" in s], statements
+
+
+async def test_language_change_is_seen_on_the_next_update(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        await env.tg.send_text(BUYER, "/lang")
+        await env.tg.wait_for_text(BUYER, "Choose your language")
+        await env.tg.press(BUYER, "Русский", match="prefix")
+        await env.tg.wait_for_text(BUYER, "Язык переключён на русский")
+        await env.tg.send_text(BUYER, "/lang")  # the cached buyer, now in Russian
+        await env.tg.wait_for_text(BUYER, "Выберите язык")
+        async with env.app.sessions() as session:
+            user = await session.get(User, BUYER)
+            assert user is not None and user.language == "ru"
+
+
+async def test_buyer_the_outbox_found_unreachable_is_reachable_when_writing_again(
+    tmp_path: Path,
+) -> None:
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)  # now a cached, reachable buyer
+        # What a 403 on a queued message does (processing/outbox/outcomes.py).
+        await env.app.outbox._unreachable(BUYER, "Forbidden: bot was blocked by the user")
+        await env.start_chat(BUYER)
+        for _ in range(100):
+            async with env.app.sessions() as session:
+                user = await session.get(User, BUYER)
+            if user is not None and user.reachable:
+                break
+            await asyncio.sleep(0.05)
+        assert user is not None and user.reachable is True
