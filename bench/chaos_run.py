@@ -17,10 +17,17 @@ from sqlalchemy import select
 
 from bench.chaos_buyers import Buyer
 from bench.chaos_report import ChaosConfig, ChaosReport, Stats
-from bench.chaos_setup import BotProcess, bot_env, clear_faults, install_faults, prepare_database
+from bench.chaos_setup import (
+    BotProcess,
+    bot_env,
+    clear_faults,
+    install_faults,
+    outage_windows,
+    prepare_database,
+)
 from db.engine import create_engine, session_factory
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage
-from sandbox.provider_control import KryptoExpressControl
+from sandbox.provider_control import CryptoPayControl, KryptoExpressControl
 from sandbox.runner import (
     ADMIN_CHAT_ID,
     ADMIN_ID,
@@ -41,7 +48,8 @@ class ChaosRun:
         self.rng = random.Random(config.seed)
         self.stats = Stats()
         self.violations: list[str] = []
-        self.shown: dict[int, int] = {}  # order id → provider payment id the buyer saw
+        # order id → (provider, payment id) of the invoice the buyer saw
+        self.shown: dict[int, tuple[str, str]] = {}
         self.bots: list[BotProcess] = []
         self._buying = True
 
@@ -59,6 +67,7 @@ class ChaosRun:
         )
         self.tg = TelegramControl(self.sandbox.telegram_url, timeout=60)
         self.kx = KryptoExpressControl(self.sandbox.kryptoexpress_url, timeout=60)
+        self.cp = CryptoPayControl(self.sandbox.cryptopay_url, timeout=60)
         report = ChaosReport(cfg, self.stats)
         try:
             url = await prepare_database(cfg, workdir)
@@ -67,6 +76,11 @@ class ChaosRun:
             for index in range(cfg.processes):
                 env = bot_env(self.sandbox, url, free_port(), key)
                 self.bots.append(BotProcess(index, env, workdir, worker=index > 0))
+            # Crypto Pay posts to the one webhook URL of its app: the first replica's
+            # (while it is down, Crypto Pay retries and polling confirms).
+            self.sandbox.cryptopay.webhook_url = (
+                f"{self.bots[0].env['PUBLIC_BASE_URL']}/payments/cryptopay"
+            )
             for bot in self.bots:
                 await bot.start()
             for bot in self.bots:
@@ -77,11 +91,15 @@ class ChaosRun:
             started = time.monotonic()
             monkey = asyncio.create_task(self.chaos_monkey())
             operator = asyncio.create_task(self.operator(url))
+            outages = asyncio.create_task(
+                outage_windows(self.sandbox, cfg.seed, self.stats, lambda: self._buying, self.log)
+            )
             await self.buyers()
             self.stats.buying_s = time.monotonic() - started
             self._buying = False
             await monkey
             await operator
+            await outages
             clear_faults(self.sandbox)
             self.log("buying done, faults cleared; draining")
             for bot in self.bots:  # everyone is up for the drain
@@ -102,14 +120,18 @@ class ChaosRun:
         finally:
             for bot in self.bots:
                 await bot.stop()
+            self.stats.cryptopay_faults = self.sandbox.cryptopay.faults.hits
             self.stats.faults_injected = (
-                self.sandbox.kryptoexpress.faults.hits + self.sandbox.openrouter.faults.hits
+                self.sandbox.kryptoexpress.faults.hits
+                + self.sandbox.openrouter.faults.hits
+                + self.stats.cryptopay_faults
             )
             self.stats.callback_attempts = sum(
                 len(p.deliveries) for p in self.sandbox.kryptoexpress.payments.values()
-            )
+            ) + len(self.sandbox.cryptopay.deliveries)
             await self.tg.aclose()
             await self.kx.aclose()
+            await self.cp.aclose()
             await self.sandbox.stop()
             self.stats.elapsed_s = time.monotonic() - self._t0
             report.violations = self.violations
@@ -234,14 +256,13 @@ class ChaosRun:
                             select(OutboxMessage.id).where(OutboxMessage.status == "pending")
                         )
                     ).all()
-                by_payment = {o.provider_payment_id: o for o in orders}
+                by_payment = {(o.provider, o.provider_payment_id): o for o in orders}
                 busy = [o.id for o in orders if o.status in NON_FINAL]
                 unconfirmed = [
-                    p.id
-                    for p in self.sandbox.kryptoexpress.payments.values()
-                    if p.is_paid
-                    and str(p.id) in by_payment
-                    and by_payment[str(p.id)].status not in ("delivered", "failed", "refunded")
+                    ref
+                    for ref in self.paid_refs()
+                    if ref in by_payment
+                    and by_payment[ref].status not in ("delivered", "failed", "refunded")
                 ]
                 state = (
                     f"busy={len(busy)} paid-unconfirmed={len(unconfirmed)} "
@@ -261,6 +282,20 @@ class ChaosRun:
                 await asyncio.sleep(0.5)
         finally:
             await engine.dispose()
+
+    def paid_refs(self) -> set[tuple[str, str]]:
+        """(provider, payment id) of every invoice fully paid at its provider."""
+        kx = {
+            ("kryptoexpress", str(p.id))
+            for p in self.sandbox.kryptoexpress.payments.values()
+            if p.is_paid
+        }
+        cp = {
+            ("cryptopay", str(i.invoice_id))
+            for i in self.sandbox.cryptopay.invoices.values()
+            if i.status == "paid"
+        }
+        return kx | cp
 
     # ------------------------------------------------------------------ checks
     async def check(self, url: str, report: ChaosReport) -> None:
@@ -288,23 +323,44 @@ class ChaosRun:
                     ).scalars()
                 )
                 outbox = list((await session.execute(select(OutboxMessage))).scalars())
+                created = list(
+                    (
+                        await session.execute(
+                            select(OrderEvent).where(OrderEvent.kind == "invoice_created")
+                        )
+                    ).scalars()
+                )
                 keys = {k.user_id: k for k in (await session.execute(select(ApiKey))).scalars()}
         finally:
             await engine.dispose()
-        kx_payments = self.sandbox.kryptoexpress.payments
-        by_payment = {o.provider_payment_id: o for o in orders if o.provider_payment_id}
-        paid_ids = {str(p.id) for p in kx_payments.values() if p.is_paid}
+        by_payment = {(o.provider, o.provider_payment_id): o for o in orders if o.provider}
+        paid_ids = self.paid_refs()
         statuses = Counter(o.status for o in orders)
         report.figures.update(orders=len(orders), statuses=dict(sorted(statuses.items())))
+        report.figures["orders_by_provider"] = dict(
+            sorted(Counter(o.provider or "none" for o in orders).items())
+        )
+        report.figures["fallbacks"] = sum(
+            1 for e in created if (e.detail or {}).get("fallback_from")
+        )
 
         # 1. Every fully paid order delivered exactly once, or refunded by the operator
         # (then never delivered: its credit is not on the key, check 3).
         paid_orders = []
-        for pid in sorted(paid_ids, key=int):
+        cp_invoices = {str(i): inv for i, inv in self.sandbox.cryptopay.invoices.items()}
+        for pid in sorted(paid_ids, key=lambda ref: (ref[0], int(ref[1]))):
             order = by_payment.get(pid)
             if order is None:
-                v.append(f"provider payment {pid} is paid but no order has it")
+                v.append(f"{pid[0]} payment {pid[1]} is paid but no order has it")
                 continue
+            if pid[0] == "cryptopay" and order.status == "delivered":
+                # The buyer paid in the order's asset; the order records what was paid.
+                paid = cp_invoices[pid[1]].paid
+                if (paid["paid_asset"], Decimal(paid["paid_amount"])) != (
+                    order.asset,
+                    order.crypto_amount,
+                ):
+                    v.append(f"order #{order.id}: paid {paid} but recorded {order.crypto_amount}")
             paid_orders.append(order)
             if order.status == "refunded":
                 if refunded_events[order.id] != 1 or delivered_events[order.id] != 0:
@@ -318,17 +374,24 @@ class ChaosRun:
             if delivered_events[order.id] != 1:
                 v.append(f"order #{order.id}: {delivered_events[order.id]} delivered events")
         for order in orders:
-            if order.status == "delivered" and order.provider_payment_id not in paid_ids:
+            if order.status == "delivered" and (order.provider, order.provider_payment_id) not in (
+                paid_ids
+            ):
                 v.append(f"order #{order.id} delivered without a full payment")
             if order.status in NON_FINAL:
                 v.append(f"order #{order.id} left in {order.status}")
-            if order.id in self.shown and order.provider_payment_id != str(self.shown[order.id]):
+            if (
+                order.id in self.shown
+                and (order.provider, order.provider_payment_id) != (self.shown[order.id])
+            ):
                 v.append(f"order #{order.id}: buyer was shown another invoice")
         delivered = [o for o in orders if o.status == "delivered"]
         report.figures.update(
             paid=len(paid_ids),
             delivered=len(delivered),
             refunded=sum(1 for o in orders if o.status == "refunded"),
+            paid_by_provider=dict(sorted(Counter(p for p, _ in paid_ids).items())),
+            delivered_by_provider=dict(sorted(Counter(o.provider for o in delivered).items())),
         )
 
         # 2. Delivered messages in the buyers' chats; duplicates of outbox messages.
