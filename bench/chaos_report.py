@@ -82,7 +82,7 @@ class ChaosReport:
                 "invoices shown to buyers (of which Crypto Pay)",
                 f"{s.invoices_seen} ({s.cryptopay_invoices_seen})",
             ),
-            ("orders per provider (DB)", f.get("orders_by_provider", {})),
+            ("orders per provider (DB; none = no invoice)", f.get("orders_by_provider", {})),
             ("fallbacks (invoice from a later provider)", f.get("fallbacks", 0)),
             ("fully paid (provider)", f"{f.get('paid', 0)} {f.get('paid_by_provider', {})}"),
             (
@@ -93,6 +93,10 @@ class ChaosReport:
                 "/refund asked / done / refused / unanswered",
                 f"{s.refunds_asked} / {s.refunds_done} / {s.refunds_refused} / "
                 f"{s.refunds_unanswered}",
+            ),
+            (
+                "💸 refund to buyer pressed / transfers",
+                f"{s.payer_refunds_pressed} / {f.get('payer_refunds', 0)}",
             ),
             ("status counts", f.get("statuses", {})),
             ("partial / cancelled-then-paid", f"{s.partial_payments} / {s.cancelled_then_paid}"),
@@ -126,5 +130,6 @@ class ChaosReport:
         ]
         width = max(len(str(k)) for k, _ in rows)
         lines = [f"  {str(k).ljust(width)}  {v}" for k, v in rows]
+        lines += [f"  duplicate: {d}" for d in f.get("duplicate_samples", [])]
         lines += [f"  ✗ {v}" for v in self.violations[:50]]
         return "\n".join(["chaos run", *lines])

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bench.chaos_buyers import Buyer
+from bench.chaos_operator import Operator
 from bench.chaos_report import ChaosConfig, ChaosReport, Stats
 from bench.chaos_setup import (
     BotProcess,
@@ -52,6 +53,7 @@ class ChaosRun:
         self.shown: dict[int, tuple[str, str]] = {}
         self.bots: list[BotProcess] = []
         self._buying = True
+        self.operator = Operator(self)
 
     def log(self, message: str) -> None:
         if self.config.verbose:
@@ -90,7 +92,7 @@ class ChaosRun:
 
             started = time.monotonic()
             monkey = asyncio.create_task(self.chaos_monkey())
-            operator = asyncio.create_task(self.operator(url))
+            operator = asyncio.create_task(self.operator.work(url))
             outages = asyncio.create_task(
                 outage_windows(self.sandbox, cfg.seed, self.stats, lambda: self._buying, self.log)
             )
@@ -111,7 +113,7 @@ class ChaosRun:
             started = time.monotonic()
             await self.drain(url)
             # The operator refunds what is still failed, then the outbox drains again.
-            await self.refund_failed(url, final=True)
+            await self.operator.refund_failed(url, final=True)
             await self.drain(url)
             self.stats.drain_s = time.monotonic() - started
             for bot in self.bots:
@@ -175,71 +177,6 @@ class ChaosRun:
             self.stats.restarts += 1
             with contextlib.suppress(RuntimeError):
                 await bot.wait_ready()
-
-    async def operator(self, url: str) -> None:
-        """While buyers buy, an admin refunds failed orders now and then with /refund."""
-        rng = random.Random(self.config.seed * 11 + 3)
-        while self._buying:
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
-            await self.refund_failed(url)
-
-    async def refund_failed(self, url: str, *, final: bool = False) -> None:
-        """``/refund N <note>`` in the admin group for every failed order, through the
-        Telegram emulator, as the operator types it. Refused ones (OpenRouter did not
-        confirm the key, a delivery held the buyer) are asked again later; the final
-        pass, after the faults stop, keeps asking until none is left failed."""
-        deadline = time.monotonic() + (120.0 if final else 0.0)
-        while True:
-            engine = create_engine(url)
-            try:
-                async with session_factory(engine)() as session:
-                    failed = list(
-                        (
-                            await session.execute(
-                                select(Order.id).where(Order.status == "failed").order_by(Order.id)
-                            )
-                        ).scalars()
-                    )
-            finally:
-                await engine.dispose()
-            for order_id in failed:
-                await self._refund(order_id)
-            if not final or not failed:
-                return
-            if time.monotonic() > deadline:
-                self.violations.append(f"orders still failed after the final refunds: {failed}")
-                return
-            await asyncio.sleep(1.0)
-
-    async def _refund(self, order_id: int) -> None:
-        stats, tg = self.stats, self.tg
-        stats.refunds_asked += 1
-        before = max((m["message_id"] for m in await tg.messages(ADMIN_CHAT_ID)), default=0)
-        await tg.send_text(
-            ADMIN_ID, f"/refund {order_id} chaos operator: sent back by hand", chat_id=ADMIN_CHAT_ID
-        )
-        try:
-            answer = await tg.wait_for(
-                ADMIN_CHAT_ID,
-                lambda m: (
-                    m["from_bot"]
-                    and m["message_id"] > before
-                    and f"Order #{order_id} " in (m["plain"] or "")
-                    and "refund" in (m["plain"] or "")
-                ),
-                # The refund's PATCH and read-back may each take a worst OpenRouter call.
-                timeout=75.0,
-                description=f"answer to /refund {order_id}",
-            )
-        except AssertionError:
-            stats.refunds_unanswered += 1  # the bot was down: asked again on the next pass
-            return
-        plain = answer["plain"] or ""
-        if "marked refunded (was" in plain:
-            stats.refunds_done += 1
-        elif "not marked refunded" in plain:
-            stats.refunds_refused += 1
-        self.log(f"/refund {order_id}: {plain[:90]}")
 
     async def drain(self, url: str) -> None:
         """Wait until nothing is in flight: orders, paid-but-unrecorded payments, outbox."""
@@ -394,8 +331,25 @@ class ChaosRun:
             delivered_by_provider=dict(sorted(Counter(o.provider for o in delivered).items())),
         )
 
+        # 1b. Crypto Pay pays a refunded order back at most once, exactly what was paid,
+        # and only a refunded order (services' spend id: one per order).
+        for transfer in self.sandbox.cryptopay.transfers:
+            order_id = int(str(transfer["spend_id"]).removeprefix("refund-order-"))
+            order = next((o for o in orders if o.id == order_id), None)
+            if order is None or order.status != "refunded" or order.provider != "cryptopay":
+                v.append(f"transfer {transfer} for an order that is not a refunded Crypto Pay one")
+            elif (transfer["asset"], Decimal(transfer["amount"])) != (
+                order.asset,
+                order.crypto_amount,
+            ):
+                v.append(f"order #{order_id}: paid back {transfer}, paid {order.crypto_amount}")
+        spends = Counter(t["spend_id"] for t in self.sandbox.cryptopay.transfers)
+        v.extend(f"{spend} paid back {n} times" for spend, n in spends.items() if n > 1)
+        report.figures["payer_refunds"] = len(self.sandbox.cryptopay.transfers)
+
         # 2. Delivered messages in the buyers' chats; duplicates of outbox messages.
         duplicates = delivered_dups = 0
+        samples: list[str] = []
         chats = {o.user_id for o in orders} | {ADMIN_CHAT_ID}
         for chat in sorted(chats):
             messages = [
@@ -405,12 +359,14 @@ class ChaosRun:
             ]
             seen = Counter(m["plain"] for m in messages)
             duplicates += sum(n - 1 for n in seen.values())
+            samples.extend(f"{chat}: {t[:80]!r} ×{n}" for t, n in seen.items() if n > 1)
             for order in (o for o in delivered if o.user_id == chat):
                 n = sum(c for t, c in seen.items() if f"Order #{order.id} delivered" in t)
                 if n == 0:
                     v.append(f"order #{order.id}: no delivered message in chat {chat}")
                 delivered_dups += max(0, n - 1)
         report.figures.update(duplicates=duplicates, delivered_duplicates=delivered_dups)
+        report.figures["duplicate_samples"] = samples[:8]
 
         # 3. Key limits = Σ base of delivered orders, per buyer and in total (refunded and
         # failed orders are not delivered, so their credit must be off the keys).
