@@ -86,7 +86,9 @@ class ChaosRun:
             for bot in self.bots:
                 await bot.start()
             for bot in self.bots:
-                await bot.wait_ready()
+                # The first start imports everything cold: on a loaded 2-core machine
+                # that took over 60 s.
+                await bot.wait_ready(timeout=180.0)
             self.log(f"{len(self.bots)} bot process(es) up; db={url}")
             install_faults(self.sandbox, cfg.fault_rate, cfg.seed)
 
