@@ -1,24 +1,29 @@
 """Chaos run (issue 4 §2): prove that no paid order is lost or delivered twice.
 
-The driver hosts the three emulators in this process and runs the bot as real
-subprocesses (``python run.py``, one or two replicas) against them. Many buyers order
-at once through the Telegram emulator; every provider callback is delivered 1–5
-times, concurrently and out of order, while the polling job races them; about 20 %
-of provider and OpenRouter calls fail (5xx, dropped connections, slow answers and
-real client timeouts, and calls OpenRouter applies but whose answer is lost); a rare
+The driver hosts the four emulators in this process and runs the bot as real
+subprocesses (``python run.py``, one or two replicas) against them, with both payment
+rails (``PAYMENT_PROVIDERS=kryptoexpress,cryptopay``). Many buyers order at once
+through the Telegram emulator, a quarter of them in TON (only Crypto Pay takes it);
+every provider callback or Crypto Pay webhook is delivered 1–5 times, concurrently and
+out of order, while the polling job races them; about 20 % of provider and OpenRouter
+calls fail (5xx, dropped connections, slow answers and real client timeouts, and calls
+applied whose answer is lost); now and then one provider cannot create invoices for a
+few seconds (an outage: KryptoExpress orders fall back to Crypto Pay); a rare
 refused management key makes some orders fail, and an operator refunds failed orders
 with the admin ``/refund`` command in the admin group while the run goes on; bot
 processes are SIGKILLed at random moments and restarted. Then the faults stop, the
 operator refunds what is still failed, the driver waits until nothing is in flight, and
 checks:
 
-- every fully paid order is delivered exactly once (one ``delivered`` event; the
-  delivered message reaches the buyer; extra copies are counted as at-least-once
-  duplicates, allowed by design and reported), or was refunded by the operator (one
-  ``refunded`` event, no ``delivered`` one);
+- every fully paid order (KryptoExpress or Crypto Pay) is delivered exactly once (one
+  ``delivered`` event; the delivered message reaches the buyer; extra copies are
+  counted as at-least-once duplicates, allowed by design and reported), or was refunded
+  by the operator (one ``refunded`` event, no ``delivered`` one);
 - per buyer, the OpenRouter key limit = Σ base_usd of their delivered orders, to the cent;
 - no credit without a paid order (Σ key limits = Σ delivered base; keys of buyers
   without a delivered order have no limit);
+- a refunded Crypto Pay order is paid back (``💸 Refund to buyer``) at most once,
+  exactly what the buyer paid;
 - no order left in new / paid / fulfilling / awaiting_funds;
 - every outbox row was sent (or dropped for an unreachable chat).
 
@@ -26,9 +31,9 @@ checks:
 
 Exit status 0 when every invariant holds. See docs/reliability.md.
 
-This file is the command line; the run lives in ``chaos_run`` (driver, operator,
-invariants), ``chaos_buyers``, ``chaos_setup`` (database, processes, faults) and
-``chaos_report``.
+This file is the command line; the run lives in ``chaos_run`` (driver, drain,
+invariants), ``chaos_operator``, ``chaos_buyers``, ``chaos_setup`` (database,
+processes, faults, outages) and ``chaos_report``.
 """
 
 from __future__ import annotations

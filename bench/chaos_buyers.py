@@ -9,6 +9,8 @@ import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from sandbox.control_client import ControlError
+from sandbox.cryptopay_model import InvoiceState
 from sandbox.provider_control import KryptoExpressControl
 from sandbox.telegram_control import TelegramControl, TelegramControlError
 
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
     from bench.chaos_run import ChaosRun
 
 ORDER_RE = re.compile(r"Order #(\d+)")
+# USDT and BTC: KryptoExpress, or Crypto Pay while KryptoExpress is out; TON: only
+# Crypto Pay takes it.
+ASSETS = ("USDT", "BTC", "TON")
+ASSET_WEIGHTS = (45, 30, 25)
 
 
 # --------------------------------------------------------------------- buyers
@@ -57,7 +63,7 @@ class Buyer:
         stats = self.run.stats
         tg = self.run.tg
         tokens = self.rng.randrange(60, 1000) * 1000
-        asset = self.rng.choice(("USDT", "BTC"))
+        asset = self.rng.choices(ASSETS, ASSET_WEIGHTS)[0]
         for attempt in range(self.MAX_TRIES):
             stats.orders_attempted += 1
             if attempt:
@@ -110,12 +116,19 @@ class Buyer:
             )
             if answer is None:
                 continue  # nobody answered: tap again
-            if answer.get("photo") and "🔄 Check payment" in _buttons(answer):
+            # KryptoExpress: an address and a QR; Crypto Pay: a button to @CryptoBot.
+            if "🔄 Check payment" in _buttons(answer) and ORDER_RE.search(answer["plain"] or ""):
                 return answer
             return None  # an error (e.g. the provider failed): start over
         return None
 
     async def pay(self, screen: dict[str, Any]) -> None:
+        if screen.get("photo"):
+            await self.pay_kryptoexpress(screen)
+        else:
+            await self.pay_cryptopay(screen)
+
+    async def pay_kryptoexpress(self, screen: dict[str, Any]) -> None:
         run, stats, rng = self.run, self.run.stats, self.rng
         caption = screen.get("plain") or ""
         match = ORDER_RE.search(caption)
@@ -126,7 +139,7 @@ class Buyer:
             run.violations.append(f"payment screen without a known invoice: {caption[:200]!r}")
             return
         stats.invoices_seen += 1
-        run.shown[int(match.group(1))] = payment.id
+        run.shown[int(match.group(1))] = ("kryptoexpress", str(payment.id))
         choice = rng.random()
         if choice < 0.08:
             return  # changed their mind: never pays
@@ -169,3 +182,80 @@ class Buyer:
         deliveries = self.rng.randint(1, 5)
         self.run.stats.callbacks_requested += deliveries
         await kx.pay(payment_id, deliveries=deliveries, concurrent=True, wait=False, **options)
+
+    async def pay_cryptopay(self, screen: dict[str, Any]) -> None:
+        """Pay in @CryptoBot, in the invoice's asset; the webhook is delivered 1–5 times at
+        once, sometimes only after a forged one or a stale (unpaid) one replayed after it,
+        sometimes never (polling alone confirms), while ``getInvoices`` polling races it."""
+        run, stats, rng = self.run, self.run.stats, self.rng
+        match = ORDER_RE.search(screen.get("plain") or "")
+        urls = [b.get("url") for row in screen.get("buttons") or [] for b in row if b.get("url")]
+        invoice = next(
+            (i for i in run.sandbox.cryptopay.invoices.values() if i.to_api()["bot_invoice_url"]
+             in urls),
+            None,
+        )  # fmt: skip
+        if match is None or invoice is None:
+            run.violations.append(f"Crypto Pay screen without a known invoice: {screen!r:.300}")
+            return
+        stats.invoices_seen += 1
+        stats.cryptopay_invoices_seen += 1
+        run.shown[int(match.group(1))] = ("cryptopay", str(invoice.invoice_id))
+        choice = rng.random()
+        if choice < 0.08:
+            return  # changed their mind: never pays
+        cp = run.cp
+        stale = _update(invoice)  # the unpaid invoice, replayed later out of order
+        if choice < 0.13:
+            stats.cancelled_then_paid += 1
+            with contextlib.suppress(TelegramControlError):
+                await run.tg.press(self.uid, "❌ Cancel order", message_id=screen["message_id"])
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+        if rng.random() < 0.1:
+            stats.forged_webhooks += 1
+            await cp.send_webhook(invoice.invoice_id, signature="bad", wait=False)
+        webhook = rng.random() >= 0.15
+        if not webhook:
+            stats.polling_only += 1
+        deliveries = rng.randint(1, 5) if webhook else 0
+        stats.callbacks_requested += deliveries
+        asset = (invoice.accepted_assets or [invoice.asset])[0]
+        try:
+            await cp.pay(
+                invoice.invoice_id,
+                asset,
+                webhook=webhook,
+                deliveries=deliveries,
+                concurrent=True,
+                wait=False,
+            )
+        except ControlError:
+            return  # expired meanwhile: nothing was paid
+        if rng.random() < 0.4:
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            deliveries = rng.randint(1, 3)
+            stats.stale_resends += deliveries
+            stats.callbacks_requested += deliveries
+            await cp.send_webhook(
+                invoice.invoice_id,
+                body_override=stale,
+                deliveries=deliveries,
+                concurrent=True,
+                wait=False,
+            )
+        if rng.random() < 0.3:
+            deliveries = rng.randint(1, 2)
+            stats.callbacks_requested += deliveries
+            await cp.send_webhook(
+                invoice.invoice_id, deliveries=deliveries, concurrent=True, wait=False
+            )
+
+
+def _update(invoice: InvoiceState) -> dict[str, Any]:
+    """An ``invoice_paid`` update as Crypto Pay sends it, with the invoice as it is now."""
+    return {
+        "update_id": 900_000 + invoice.invoice_id,
+        "update_type": "invoice_paid",
+        "request_date": "2026-01-01T00:00:00.000Z",
+        "payload": invoice.to_api(),
+    }

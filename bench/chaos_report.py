@@ -29,6 +29,7 @@ class ChaosConfig:
 class Stats:
     orders_attempted: int = 0
     invoices_seen: int = 0
+    cryptopay_invoices_seen: int = 0
     buyer_retries: int = 0
     buyers_gave_up: int = 0
     kills: int = 0
@@ -38,6 +39,12 @@ class Stats:
     partial_payments: int = 0
     cancelled_then_paid: int = 0
     faults_injected: int = 0
+    cryptopay_faults: int = 0
+    outages: int = 0
+    outages_by_provider: dict[str, int] = field(default_factory=dict)
+    forged_webhooks: int = 0
+    polling_only: int = 0
+    payer_refunds_pressed: int = 0
     refunds_asked: int = 0
     refunds_done: int = 0
     refunds_refused: int = 0
@@ -71,18 +78,38 @@ class ChaosReport:
                 "buy attempts / retries / gave up",
                 f"{s.orders_attempted} / {s.buyer_retries} / {s.buyers_gave_up}",
             ),
-            ("invoices shown to buyers", s.invoices_seen),
-            ("fully paid (provider)", f.get("paid", 0)),
-            ("delivered", f.get("delivered", 0)),
+            (
+                "invoices shown to buyers (of which Crypto Pay)",
+                f"{s.invoices_seen} ({s.cryptopay_invoices_seen})",
+            ),
+            ("orders per provider (DB; none = no invoice)", f.get("orders_by_provider", {})),
+            ("fallbacks (invoice from a later provider)", f.get("fallbacks", 0)),
+            ("fully paid (provider)", f"{f.get('paid', 0)} {f.get('paid_by_provider', {})}"),
+            (
+                "delivered",
+                f"{f.get('delivered', 0)} {f.get('delivered_by_provider', {})}",
+            ),
             (
                 "/refund asked / done / refused / unanswered",
                 f"{s.refunds_asked} / {s.refunds_done} / {s.refunds_refused} / "
                 f"{s.refunds_unanswered}",
             ),
+            (
+                "💸 refund to buyer pressed / transfers",
+                f"{s.payer_refunds_pressed} / {f.get('payer_refunds', 0)}",
+            ),
             ("status counts", f.get("statuses", {})),
             ("partial / cancelled-then-paid", f"{s.partial_payments} / {s.cancelled_then_paid}"),
             ("kills (SIGKILL) / restarts", f"{s.kills} / {s.restarts}"),
-            ("faults injected (KX+OR)", s.faults_injected),
+            (
+                "faults injected (KX+OR+CP) / of which CP",
+                f"{s.faults_injected} / {s.cryptopay_faults}",
+            ),
+            ("invoice outages (windows by provider)", f"{s.outages} {s.outages_by_provider}"),
+            (
+                "CP forged webhooks / paid without webhook",
+                f"{s.forged_webhooks} / {s.polling_only}",
+            ),
             (
                 "callback deliveries asked / attempts",
                 f"{s.callbacks_requested} / {s.callback_attempts}",
@@ -103,5 +130,6 @@ class ChaosReport:
         ]
         width = max(len(str(k)) for k, _ in rows)
         lines = [f"  {str(k).ljust(width)}  {v}" for k, v in rows]
+        lines += [f"  duplicate: {d}" for d in f.get("duplicate_samples", [])]
         lines += [f"  ✗ {v}" for v in self.violations[:50]]
         return "\n".join(["chaos run", *lines])

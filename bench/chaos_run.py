@@ -16,11 +16,19 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bench.chaos_buyers import Buyer
+from bench.chaos_operator import Operator
 from bench.chaos_report import ChaosConfig, ChaosReport, Stats
-from bench.chaos_setup import BotProcess, bot_env, clear_faults, install_faults, prepare_database
+from bench.chaos_setup import (
+    BotProcess,
+    bot_env,
+    clear_faults,
+    install_faults,
+    outage_windows,
+    prepare_database,
+)
 from db.engine import create_engine, session_factory
 from db.models import ApiKey, Order, OrderEvent, OutboxMessage
-from sandbox.provider_control import KryptoExpressControl
+from sandbox.provider_control import CryptoPayControl, KryptoExpressControl
 from sandbox.runner import (
     ADMIN_CHAT_ID,
     ADMIN_ID,
@@ -41,9 +49,11 @@ class ChaosRun:
         self.rng = random.Random(config.seed)
         self.stats = Stats()
         self.violations: list[str] = []
-        self.shown: dict[int, int] = {}  # order id → provider payment id the buyer saw
+        # order id → (provider, payment id) of the invoice the buyer saw
+        self.shown: dict[int, tuple[str, str]] = {}
         self.bots: list[BotProcess] = []
         self._buying = True
+        self.operator = Operator(self)
 
     def log(self, message: str) -> None:
         if self.config.verbose:
@@ -59,6 +69,7 @@ class ChaosRun:
         )
         self.tg = TelegramControl(self.sandbox.telegram_url, timeout=60)
         self.kx = KryptoExpressControl(self.sandbox.kryptoexpress_url, timeout=60)
+        self.cp = CryptoPayControl(self.sandbox.cryptopay_url, timeout=60)
         report = ChaosReport(cfg, self.stats)
         try:
             url = await prepare_database(cfg, workdir)
@@ -67,21 +78,32 @@ class ChaosRun:
             for index in range(cfg.processes):
                 env = bot_env(self.sandbox, url, free_port(), key)
                 self.bots.append(BotProcess(index, env, workdir, worker=index > 0))
+            # Crypto Pay posts to the one webhook URL of its app: the first replica's
+            # (while it is down, Crypto Pay retries and polling confirms).
+            self.sandbox.cryptopay.webhook_url = (
+                f"{self.bots[0].env['PUBLIC_BASE_URL']}/payments/cryptopay"
+            )
             for bot in self.bots:
                 await bot.start()
             for bot in self.bots:
-                await bot.wait_ready()
+                # The first start imports everything cold: on a loaded 2-core machine
+                # that took over 60 s.
+                await bot.wait_ready(timeout=180.0)
             self.log(f"{len(self.bots)} bot process(es) up; db={url}")
             install_faults(self.sandbox, cfg.fault_rate, cfg.seed)
 
             started = time.monotonic()
             monkey = asyncio.create_task(self.chaos_monkey())
-            operator = asyncio.create_task(self.operator(url))
+            operator = asyncio.create_task(self.operator.work(url))
+            outages = asyncio.create_task(
+                outage_windows(self.sandbox, cfg.seed, self.stats, lambda: self._buying, self.log)
+            )
             await self.buyers()
             self.stats.buying_s = time.monotonic() - started
             self._buying = False
             await monkey
             await operator
+            await outages
             clear_faults(self.sandbox)
             self.log("buying done, faults cleared; draining")
             for bot in self.bots:  # everyone is up for the drain
@@ -93,7 +115,7 @@ class ChaosRun:
             started = time.monotonic()
             await self.drain(url)
             # The operator refunds what is still failed, then the outbox drains again.
-            await self.refund_failed(url, final=True)
+            await self.operator.refund_failed(url, final=True)
             await self.drain(url)
             self.stats.drain_s = time.monotonic() - started
             for bot in self.bots:
@@ -102,14 +124,18 @@ class ChaosRun:
         finally:
             for bot in self.bots:
                 await bot.stop()
+            self.stats.cryptopay_faults = self.sandbox.cryptopay.faults.hits
             self.stats.faults_injected = (
-                self.sandbox.kryptoexpress.faults.hits + self.sandbox.openrouter.faults.hits
+                self.sandbox.kryptoexpress.faults.hits
+                + self.sandbox.openrouter.faults.hits
+                + self.stats.cryptopay_faults
             )
             self.stats.callback_attempts = sum(
                 len(p.deliveries) for p in self.sandbox.kryptoexpress.payments.values()
-            )
+            ) + len(self.sandbox.cryptopay.deliveries)
             await self.tg.aclose()
             await self.kx.aclose()
+            await self.cp.aclose()
             await self.sandbox.stop()
             self.stats.elapsed_s = time.monotonic() - self._t0
             report.violations = self.violations
@@ -154,71 +180,6 @@ class ChaosRun:
             with contextlib.suppress(RuntimeError):
                 await bot.wait_ready()
 
-    async def operator(self, url: str) -> None:
-        """While buyers buy, an admin refunds failed orders now and then with /refund."""
-        rng = random.Random(self.config.seed * 11 + 3)
-        while self._buying:
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
-            await self.refund_failed(url)
-
-    async def refund_failed(self, url: str, *, final: bool = False) -> None:
-        """``/refund N <note>`` in the admin group for every failed order, through the
-        Telegram emulator, as the operator types it. Refused ones (OpenRouter did not
-        confirm the key, a delivery held the buyer) are asked again later; the final
-        pass, after the faults stop, keeps asking until none is left failed."""
-        deadline = time.monotonic() + (120.0 if final else 0.0)
-        while True:
-            engine = create_engine(url)
-            try:
-                async with session_factory(engine)() as session:
-                    failed = list(
-                        (
-                            await session.execute(
-                                select(Order.id).where(Order.status == "failed").order_by(Order.id)
-                            )
-                        ).scalars()
-                    )
-            finally:
-                await engine.dispose()
-            for order_id in failed:
-                await self._refund(order_id)
-            if not final or not failed:
-                return
-            if time.monotonic() > deadline:
-                self.violations.append(f"orders still failed after the final refunds: {failed}")
-                return
-            await asyncio.sleep(1.0)
-
-    async def _refund(self, order_id: int) -> None:
-        stats, tg = self.stats, self.tg
-        stats.refunds_asked += 1
-        before = max((m["message_id"] for m in await tg.messages(ADMIN_CHAT_ID)), default=0)
-        await tg.send_text(
-            ADMIN_ID, f"/refund {order_id} chaos operator: sent back by hand", chat_id=ADMIN_CHAT_ID
-        )
-        try:
-            answer = await tg.wait_for(
-                ADMIN_CHAT_ID,
-                lambda m: (
-                    m["from_bot"]
-                    and m["message_id"] > before
-                    and f"Order #{order_id} " in (m["plain"] or "")
-                    and "refund" in (m["plain"] or "")
-                ),
-                # The refund's PATCH and read-back may each take a worst OpenRouter call.
-                timeout=75.0,
-                description=f"answer to /refund {order_id}",
-            )
-        except AssertionError:
-            stats.refunds_unanswered += 1  # the bot was down: asked again on the next pass
-            return
-        plain = answer["plain"] or ""
-        if "marked refunded (was" in plain:
-            stats.refunds_done += 1
-        elif "not marked refunded" in plain:
-            stats.refunds_refused += 1
-        self.log(f"/refund {order_id}: {plain[:90]}")
-
     async def drain(self, url: str) -> None:
         """Wait until nothing is in flight: orders, paid-but-unrecorded payments, outbox."""
         engine = create_engine(url)
@@ -234,14 +195,13 @@ class ChaosRun:
                             select(OutboxMessage.id).where(OutboxMessage.status == "pending")
                         )
                     ).all()
-                by_payment = {o.provider_payment_id: o for o in orders}
+                by_payment = {(o.provider, o.provider_payment_id): o for o in orders}
                 busy = [o.id for o in orders if o.status in NON_FINAL]
                 unconfirmed = [
-                    p.id
-                    for p in self.sandbox.kryptoexpress.payments.values()
-                    if p.is_paid
-                    and str(p.id) in by_payment
-                    and by_payment[str(p.id)].status not in ("delivered", "failed", "refunded")
+                    ref
+                    for ref in self.paid_refs()
+                    if ref in by_payment
+                    and by_payment[ref].status not in ("delivered", "failed", "refunded")
                 ]
                 state = (
                     f"busy={len(busy)} paid-unconfirmed={len(unconfirmed)} "
@@ -261,6 +221,20 @@ class ChaosRun:
                 await asyncio.sleep(0.5)
         finally:
             await engine.dispose()
+
+    def paid_refs(self) -> set[tuple[str, str]]:
+        """(provider, payment id) of every invoice fully paid at its provider."""
+        kx = {
+            ("kryptoexpress", str(p.id))
+            for p in self.sandbox.kryptoexpress.payments.values()
+            if p.is_paid
+        }
+        cp = {
+            ("cryptopay", str(i.invoice_id))
+            for i in self.sandbox.cryptopay.invoices.values()
+            if i.status == "paid"
+        }
+        return kx | cp
 
     # ------------------------------------------------------------------ checks
     async def check(self, url: str, report: ChaosReport) -> None:
@@ -288,23 +262,44 @@ class ChaosRun:
                     ).scalars()
                 )
                 outbox = list((await session.execute(select(OutboxMessage))).scalars())
+                created = list(
+                    (
+                        await session.execute(
+                            select(OrderEvent).where(OrderEvent.kind == "invoice_created")
+                        )
+                    ).scalars()
+                )
                 keys = {k.user_id: k for k in (await session.execute(select(ApiKey))).scalars()}
         finally:
             await engine.dispose()
-        kx_payments = self.sandbox.kryptoexpress.payments
-        by_payment = {o.provider_payment_id: o for o in orders if o.provider_payment_id}
-        paid_ids = {str(p.id) for p in kx_payments.values() if p.is_paid}
+        by_payment = {(o.provider, o.provider_payment_id): o for o in orders if o.provider}
+        paid_ids = self.paid_refs()
         statuses = Counter(o.status for o in orders)
         report.figures.update(orders=len(orders), statuses=dict(sorted(statuses.items())))
+        report.figures["orders_by_provider"] = dict(
+            sorted(Counter(o.provider or "none" for o in orders).items())
+        )
+        report.figures["fallbacks"] = sum(
+            1 for e in created if (e.detail or {}).get("fallback_from")
+        )
 
         # 1. Every fully paid order delivered exactly once, or refunded by the operator
         # (then never delivered: its credit is not on the key, check 3).
         paid_orders = []
-        for pid in sorted(paid_ids, key=int):
+        cp_invoices = {str(i): inv for i, inv in self.sandbox.cryptopay.invoices.items()}
+        for pid in sorted(paid_ids, key=lambda ref: (ref[0], int(ref[1]))):
             order = by_payment.get(pid)
             if order is None:
-                v.append(f"provider payment {pid} is paid but no order has it")
+                v.append(f"{pid[0]} payment {pid[1]} is paid but no order has it")
                 continue
+            if pid[0] == "cryptopay" and order.status == "delivered":
+                # The buyer paid in the order's asset; the order records what was paid.
+                paid = cp_invoices[pid[1]].paid
+                if (paid["paid_asset"], Decimal(paid["paid_amount"])) != (
+                    order.asset,
+                    order.crypto_amount,
+                ):
+                    v.append(f"order #{order.id}: paid {paid} but recorded {order.crypto_amount}")
             paid_orders.append(order)
             if order.status == "refunded":
                 if refunded_events[order.id] != 1 or delivered_events[order.id] != 0:
@@ -318,21 +313,45 @@ class ChaosRun:
             if delivered_events[order.id] != 1:
                 v.append(f"order #{order.id}: {delivered_events[order.id]} delivered events")
         for order in orders:
-            if order.status == "delivered" and order.provider_payment_id not in paid_ids:
+            if order.status == "delivered" and (order.provider, order.provider_payment_id) not in (
+                paid_ids
+            ):
                 v.append(f"order #{order.id} delivered without a full payment")
             if order.status in NON_FINAL:
                 v.append(f"order #{order.id} left in {order.status}")
-            if order.id in self.shown and order.provider_payment_id != str(self.shown[order.id]):
+            if (
+                order.id in self.shown
+                and (order.provider, order.provider_payment_id) != (self.shown[order.id])
+            ):
                 v.append(f"order #{order.id}: buyer was shown another invoice")
         delivered = [o for o in orders if o.status == "delivered"]
         report.figures.update(
             paid=len(paid_ids),
             delivered=len(delivered),
             refunded=sum(1 for o in orders if o.status == "refunded"),
+            paid_by_provider=dict(sorted(Counter(p for p, _ in paid_ids).items())),
+            delivered_by_provider=dict(sorted(Counter(o.provider for o in delivered).items())),
         )
+
+        # 1b. Crypto Pay pays a refunded order back at most once, exactly what was paid,
+        # and only a refunded order (services' spend id: one per order).
+        for transfer in self.sandbox.cryptopay.transfers:
+            order_id = int(str(transfer["spend_id"]).removeprefix("refund-order-"))
+            order = next((o for o in orders if o.id == order_id), None)
+            if order is None or order.status != "refunded" or order.provider != "cryptopay":
+                v.append(f"transfer {transfer} for an order that is not a refunded Crypto Pay one")
+            elif (transfer["asset"], Decimal(transfer["amount"])) != (
+                order.asset,
+                order.crypto_amount,
+            ):
+                v.append(f"order #{order_id}: paid back {transfer}, paid {order.crypto_amount}")
+        spends = Counter(t["spend_id"] for t in self.sandbox.cryptopay.transfers)
+        v.extend(f"{spend} paid back {n} times" for spend, n in spends.items() if n > 1)
+        report.figures["payer_refunds"] = len(self.sandbox.cryptopay.transfers)
 
         # 2. Delivered messages in the buyers' chats; duplicates of outbox messages.
         duplicates = delivered_dups = 0
+        samples: list[str] = []
         chats = {o.user_id for o in orders} | {ADMIN_CHAT_ID}
         for chat in sorted(chats):
             messages = [
@@ -342,12 +361,14 @@ class ChaosRun:
             ]
             seen = Counter(m["plain"] for m in messages)
             duplicates += sum(n - 1 for n in seen.values())
+            samples.extend(f"{chat}: {t[:80]!r} ×{n}" for t, n in seen.items() if n > 1)
             for order in (o for o in delivered if o.user_id == chat):
                 n = sum(c for t, c in seen.items() if f"Order #{order.id} delivered" in t)
                 if n == 0:
                     v.append(f"order #{order.id}: no delivered message in chat {chat}")
                 delivered_dups += max(0, n - 1)
         report.figures.update(duplicates=duplicates, delivered_duplicates=delivered_dups)
+        report.figures["duplicate_samples"] = samples[:8]
 
         # 3. Key limits = Σ base of delivered orders, per buyer and in total (refunded and
         # failed orders are not delivered, so their credit must be off the keys).

@@ -15,14 +15,15 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from bench.chaos_report import ChaosConfig
+from bench.chaos_report import ChaosConfig, Stats
 from db.engine import create_engine, wipe_postgres
 from db.migrate import upgrade_to_head
-from sandbox.common import LOOPBACK
+from sandbox.common import LOOPBACK, FaultRule
 from sandbox.runner import (
     ADMIN_CHAT_ID,
     ADMIN_ID,
     BOT_TOKEN,
+    CRYPTO_PAY_TOKEN,
     KRYPTO_API_KEY,
     MANAGEMENT_KEY,
     Sandbox,
@@ -153,7 +154,15 @@ def bot_env(sandbox: Sandbox, url: str, port: int, encryption_key: str) -> dict[
             "KRYPTO_EXPRESS_API_URL": f"{sandbox.kryptoexpress_url}/api",
             "KRYPTO_EXPRESS_API_KEY": KRYPTO_API_KEY,
             "KRYPTO_EXPRESS_CALLBACK_SECRET": sandbox.callback_secret,
-            "PAYMENT_PROVIDERS": "kryptoexpress",
+            "CRYPTO_PAY_API_URL": f"{sandbox.cryptopay_url}/api",
+            "CRYPTO_PAY_TOKEN": CRYPTO_PAY_TOKEN,
+            # Both rails, KryptoExpress first: TON only Crypto Pay takes, and the other
+            # assets fall back to it while KryptoExpress is out (issue 12).
+            "PAYMENT_PROVIDERS": "kryptoexpress,cryptopay",
+            # Short, so an outage window of a few seconds trips the cool-down and the
+            # provider is back in use within the run (production: 3 and 300 s).
+            "PROVIDER_FAILURE_THRESHOLD": "2",
+            "PROVIDER_COOLDOWN_SECONDS": "4",
             "PUBLIC_BASE_URL": f"http://{LOOPBACK}:{port}",
             "WEB_HOST": LOOPBACK,
             "WEB_PORT": str(port),
@@ -191,6 +200,10 @@ def install_faults(sandbox: Sandbox, rate: float, seed: int) -> None:
     injectors = (
         (sandbox.kryptoexpress.faults, "/api/"),
         (sandbox.openrouter.faults, "/api/v1/"),
+        # Crypto Pay: invoice creation (never retried: a lost answer leaves an unused
+        # invoice) and the polling read (retried).
+        (sandbox.cryptopay.faults, "/api/createInvoice"),
+        (sandbox.cryptopay.faults, "/api/getInvoices"),
     )
     for index, (faults, prefix) in enumerate(injectors):
         faults.rng = random.Random(seed * 31 + index)
@@ -214,3 +227,49 @@ def install_faults(sandbox: Sandbox, rate: float, seed: int) -> None:
 def clear_faults(sandbox: Sandbox) -> None:
     sandbox.kryptoexpress.faults.clear()
     sandbox.openrouter.faults.clear()
+    sandbox.cryptopay.faults.clear()
+
+
+# An outage: every invoice creation of one provider fails for a few seconds, mostly 5xx,
+# some slow 504s and dropped connections (the client retries them, then gives up).
+OUTAGE_MODES: tuple[tuple[dict[str, Any], float], ...] = (
+    ({"mode": "status", "status": 503}, 0.5),
+    ({"mode": "status", "status": 502}, 0.2),
+    ({"mode": "drop"}, 0.15),
+    ({"mode": "timeout", "status": 504, "delay": 1.5}, 0.15),
+)
+
+
+async def outage_windows(
+    sandbox: Sandbox, seed: int, stats: Stats, running: Any, log: Any = None
+) -> None:
+    """While ``running()``: now and then one provider cannot create invoices for 3–8 s.
+
+    KryptoExpress (three windows in four) fails ``POST /api/payment``, so orders fall
+    back to Crypto Pay and, after PROVIDER_FAILURE_THRESHOLD failures, KryptoExpress
+    cools down; Crypto Pay fails ``createInvoice`` (TON orders then fail and buyers try
+    again; the others stay on KryptoExpress)."""
+    rng = random.Random(seed * 13 + 5)
+    while running():
+        await asyncio.sleep(rng.uniform(1.0, 5.0))
+        if not running():
+            return
+        kryptoexpress = rng.random() < 0.75
+        faults, path, method = (
+            (sandbox.kryptoexpress.faults, "/api/payment", "POST")
+            if kryptoexpress
+            else (sandbox.cryptopay.faults, "/api/createInvoice", "*")
+        )
+        spec = rng.choices([m for m, _ in OUTAGE_MODES], [w for _, w in OUTAGE_MODES])[0]
+        # First, so it wins over the random faults for the same path.
+        rule = FaultRule(**{"path": path, "method": method, "count": None, **spec})
+        faults.rules.insert(0, rule)
+        name = "kryptoexpress" if kryptoexpress else "cryptopay"
+        stats.outages += 1
+        stats.outages_by_provider[name] = stats.outages_by_provider.get(name, 0) + 1
+        seconds = rng.uniform(3.0, 8.0)
+        if log is not None:
+            log(f"outage: {name} invoice creation {spec['mode']} for {seconds:.1f}s")
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(ValueError):  # cleared with the rest meanwhile
+            faults.rules.remove(rule)

@@ -205,30 +205,37 @@ class AdminOps:
                 PayerRefundOutcome.FAILED, order_id, asset, amount, error=str(exc)
             )
         async with self.sessions() as session, session.begin():
+            # The order's row lock orders two presses' records (PostgreSQL).
+            await session.get(Order, order_id, with_for_update=True)
             done = await self._recorded_transfer(session, order_id)
-            if done is None:  # a concurrent press may have recorded the same transfer
-                repo.add_event(
-                    session,
-                    order_id,
-                    "payer_refunded",
-                    actor=f"admin:{admin_id}",
-                    detail={
-                        "transfer_id": sent.transfer_id,
-                        "asset": sent.asset,
-                        "amount": str(sent.amount),
-                        "replayed": sent.replayed,
-                    },
-                    status=OrderStatus.REFUNDED.value,
+            if done is not None:
+                # A concurrent press recorded the same transfer (one spend id, one
+                # payment): that press says "sent back", this one "already".
+                return PayerRefundResult(
+                    PayerRefundOutcome.ALREADY, order_id, asset, amount, transfer_id=done
                 )
-                await self.notifier.user(
-                    session,
-                    user_id,
-                    "notify.payer_refunded",
-                    dedupe=f"payer-refunded:{order_id}",
-                    order_id=order_id,
-                    amount=format_crypto(sent.amount, sent.asset),
-                    asset=sent.asset,
-                )
+            repo.add_event(
+                session,
+                order_id,
+                "payer_refunded",
+                actor=f"admin:{admin_id}",
+                detail={
+                    "transfer_id": sent.transfer_id,
+                    "asset": sent.asset,
+                    "amount": str(sent.amount),
+                    "replayed": sent.replayed,
+                },
+                status=OrderStatus.REFUNDED.value,
+            )
+            await self.notifier.user(
+                session,
+                user_id,
+                "notify.payer_refunded",
+                dedupe=f"payer-refunded:{order_id}",
+                order_id=order_id,
+                amount=format_crypto(sent.amount, sent.asset),
+                asset=sent.asset,
+            )
         log.info("payer_refunded order=%s transfer=%s", order_id, sent.transfer_id)
         return PayerRefundResult(
             PayerRefundOutcome.DONE, order_id, asset, amount, transfer_id=sent.transfer_id

@@ -68,6 +68,7 @@ async def test_chaos_sqlite_one_process() -> None:
     assert report.ok, report.table()
     assert report.figures["delivered"] >= 12
     assert report.stats.kills == 2 and report.stats.faults_injected > 0
+    _assert_both_rails(report)
 
 
 @pytest.mark.skipif(
@@ -80,3 +81,14 @@ async def test_chaos_postgres_two_processes() -> None:
     print(report.table())
     assert report.ok, report.table()
     assert report.figures["delivered"] >= 12
+    _assert_both_rails(report)
+
+
+def _assert_both_rails(report: Any) -> None:
+    """Issue 12: Crypto Pay orders are in the run (TON buyers, fallbacks in KryptoExpress
+    outages), some of them paid and delivered, and Crypto Pay's own faults were hit."""
+    by_provider = report.figures["orders_by_provider"]
+    assert by_provider.get("kryptoexpress", 0) > 0 and by_provider.get("cryptopay", 0) > 0
+    assert report.figures["delivered_by_provider"].get("cryptopay", 0) > 0
+    assert report.figures["fallbacks"] > 0
+    assert report.stats.outages > 0 and report.stats.cryptopay_faults > 0

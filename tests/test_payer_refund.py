@@ -4,6 +4,8 @@ double press, a lost answer or a crash between the transfer and its record pays 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -109,3 +111,35 @@ async def test_a_kryptoexpress_order_offers_no_crypto_refund(tmp_path: Path) -> 
         await env.tg.send_text(ADMIN_ID, f"/refund {order_id} buyer asked", chat_id=env.admin_chat)
         done = await env.tg.wait_for_text(env.admin_chat, f"Order #{order_id} marked refunded")
         assert not done["buttons"]
+
+
+async def test_two_presses_at_once_pay_once_and_say_so_once(tmp_path: Path) -> None:
+    """Found by the chaos run: two presses at the same moment both reached Crypto Pay
+    (the second resolved to the first's transfer, one payment) and both answered "sent
+    back", as if the buyer had been paid twice. The press that finds the transfer
+    already recorded answers "already paid back"."""
+    async with rails(tmp_path, fulfilment=ONE_ATTEMPT) as (env, cp):
+        order_id, _ = await _paid_and_refunded(env, cp)
+        # Both presses are inside the transfer call at once: each waits for the other.
+        provider = env.app.providers["cryptopay"]
+        real_refund = provider.refund_to_payer  # type: ignore[attr-defined]
+        both_in = asyncio.Event()
+        calls = 0
+
+        async def refund_when_both_pressed(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                both_in.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(both_in.wait(), 5)
+            return await real_refund(**kwargs)
+
+        provider.refund_to_payer = refund_when_both_pressed  # type: ignore[attr-defined]
+        await asyncio.gather(_press(env), _press(env))
+        await env.tg.wait_for_text(env.admin_chat, "was already paid back")
+        texts = [m["plain"] or "" for m in await env.tg.messages(env.admin_chat)]
+        assert sum("sent back to the buyer" in t for t in texts) == 1
+        assert len(await cp.transfers()) == 1
+        kinds = [e.kind for e in await env.events(order_id)]
+        assert kinds.count("payer_refunded") == 1
