@@ -175,8 +175,10 @@ def test_admin_language_is_an_offered_language(monkeypatch: pytest.MonkeyPatch) 
     assert load_settings().admin_language == "en"
     monkeypatch.setenv("ADMIN_LANGUAGE", "RU")
     assert load_settings().admin_language == "ru"
-    # A registered language whose catalogue is not complete yet would mix in English.
-    for value in ("de", "es"):
+    monkeypatch.setenv("ADMIN_LANGUAGE", "pt-br")
+    assert load_settings().admin_language == "pt-BR"
+    # A language the bot does not speak would mix in English.
+    for value in ("de", "xx"):
         monkeypatch.setenv("ADMIN_LANGUAGE", value)
         with pytest.raises(ConfigError) as error:
             load_settings()
