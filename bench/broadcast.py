@@ -77,9 +77,9 @@ async def broadcast(buyers: int) -> dict[str, Any]:
 
             await env.tg.send_text(ADMIN_ID, "/broadcast Benchmark news")
             recipients = buyers + 1  # the admin is a buyer too
-            await env.tg.wait_for_text(ADMIN_ID, f"It will go to {recipients} buyers", timeout=60)
+            await env.tg.wait_for_text(ADMIN_ID, f"It will go to {recipients:,} buyers", timeout=60)
             started = time.time()
-            await env.tg.press(ADMIN_ID, f"✅ Send to {recipients} buyers")
+            await env.tg.press(ADMIN_ID, f"✅ Send to {recipients:,} buyers")
             deadline = time.monotonic() + recipients / 20 + 120
             # The outbox rows are the record; nothing signals "all sent", so poll them.
             while await _count(env, "sent") < recipients and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -241,6 +241,7 @@ class BotApp:
         self.outbox = OutboxSender(
             self.sessions, self.bot, self.vault, self.notifier, shared=shared
         )
+        self.bot.session.middleware(self.outbox.direct_sends())
         self.fulfilment.wake = self.outbox.wake
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts
