@@ -255,6 +255,7 @@ class BotApp:
             shared=shared,
             forget_user=self.users.cache.forget,
         )
+        self.bot.session.middleware(self.outbox.direct_sends())
         self.fulfilment.wake = self.outbox.wake
         self.broadcasts = BroadcastService(self.sessions, on_queued=self.outbox.wake)
         self.dp["broadcasts"] = self.broadcasts

@@ -7,10 +7,11 @@ loses nothing. A graceful ``stop()`` lets in-flight sends finish and releases th
 so a restart re-sends nothing.
 
 Telegram's limits (SPEC §6): about 30 messages/s overall, about 1/s per chat with short
-bursts, 20/min per group. The sender paces itself a little under them:
+bursts, 20/min per group. The sender keeps them exactly (``limits``' docstring says why
+that is safe):
 
-- overall: at least ``1/global_per_second`` between send starts (28/s), and never more
-  than ``global_per_second`` sends started-or-finished within one second;
+- overall: never more than ``global_per_second`` (30) sends started-or-answered within
+  one second, and at least ``0.5/global_per_second`` between send starts (smoothing);
 - per chat: a token bucket (``per_chat_burst`` 3, refilled ``per_chat_per_second`` 1/s);
 - per group (negative chat id): at most ``group_limit`` (20) per ``group_window`` (60 s).
 

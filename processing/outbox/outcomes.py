@@ -38,6 +38,7 @@ from db.models import OutboxMessage, User
 from db.status import OutboxStatus
 from locales import translator
 from processing.outbox.delivery import Delivery
+from processing.outbox.direct import OUTBOX_SENDING
 from processing.outbox.limits import RateLimiter
 from processing.outbox.shared import SharedBudget
 from services.notify import Notifier
@@ -55,17 +56,23 @@ class SendOutcomes(Delivery):
     _limiter: RateLimiter
     shared: SharedBudget | None
     _paused_until: float
+    _booked: dict[int, str]
     _wake: asyncio.Event
     # Told after a buyer is marked unreachable, so a cache of buyers (services.users.
     # UserCache) drops them and their next update marks them reachable again.
     forget_user: Callable[[int], None]
 
     async def _send_one(self, row: OutboxMessage) -> bool:
+        sending = OUTBOX_SENDING.set(True)  # charged by our loop, not by DirectSends
         try:
             try:
                 await self._deliver(row)
             finally:
                 self._limiter.settle(row.chat_id, time.monotonic())
+                OUTBOX_SENDING.reset(sending)
+                booked = self._booked.pop(row.chat_id, None)
+                if booked is not None and self.shared is not None:
+                    await self.shared.settle(row.chat_id, booked)
         except TelegramRetryAfter as exc:
             self._paused_until = max(self._paused_until, time.monotonic() + exc.retry_after)
             log.warning("outbox_rate_limited chat=%s retry_after=%s", row.chat_id, exc.retry_after)

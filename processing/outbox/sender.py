@@ -18,6 +18,7 @@ from db import repo
 from db.models import OutboxMessage
 from db.status import OutboxStatus
 from processing.outbox.coalesce import COALESCE_MAX, chat_bundles, joined_row
+from processing.outbox.direct import DirectSends
 from processing.outbox.limits import READY_HORIZON, RateLimiter, SendLimits
 from processing.outbox.outcomes import SendOutcomes
 from processing.outbox.progress import BroadcastProgress
@@ -28,11 +29,11 @@ from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
 
-BATCH = 200  # rows claimed per round: ~7 s of sending at 28/s, far inside the lease
+BATCH = 200  # rows claimed per round: ~7 s of sending at 30/s, far inside the lease
 CANDIDATES = 500  # pending rows looked at per round (some belong to chats that must wait)
 # Short on purpose: rows a killed process had claimed stay hidden until it runs out,
 # and every later message of those chats waits behind them (per-chat order). A batch
-# takes ~7 s at 28/s and a 429 releases what is still queued, so 20 s is enough.
+# takes ~7 s at 30/s and a 429 releases what is still queued, so 20 s is enough.
 CLAIM_LEASE = timedelta(seconds=20)
 
 
@@ -73,6 +74,39 @@ class OutboxSender(SendOutcomes):
             self.shared.configure(limits)
         self._overall_lock = asyncio.Lock()
         self._pool = asyncio.Semaphore(limits.concurrency)
+        self._replayed = False
+        self._booked: dict[int, str] = {}  # chat → its send's booking in the shared budget
+
+    async def _replay_recent(self) -> None:
+        """Tell the new limiter what was sent just before it existed (a restart, another
+        process that has stopped): the limits are kept exactly, with no margin that
+        would absorb a previous process's last second. ``sent_at`` is written after
+        Telegram answered, so it is never earlier than the send Telegram counted."""
+        now = utcnow()
+        clock = time.monotonic()
+        memory = self._limiter.memory()
+        since = now - timedelta(seconds=memory)
+        async with self.sessions() as session:
+            recent = (
+                await session.execute(
+                    select(OutboxMessage.chat_id, OutboxMessage.sent_at).where(
+                        OutboxMessage.status == OutboxStatus.SENT.value,
+                        OutboxMessage.sent_at >= since,
+                    )
+                )
+            ).all()
+        self._limiter.replay(
+            [
+                (chat_id, clock - (now - sent_at).total_seconds())
+                for chat_id, sent_at in recent
+                if sent_at is not None
+            ]
+        )
+        self._replayed = True
+
+    def direct_sends(self) -> DirectSends:
+        """The request middleware that charges a handler's own sends to our limiter."""
+        return DirectSends(lambda: self._limiter)
 
     def wake(self) -> None:
         """New rows were committed: send now rather than at the next tick."""
@@ -113,6 +147,8 @@ class OutboxSender(SendOutcomes):
             return 0
         self._idle.clear()
         try:
+            if not self._replayed:
+                await self._replay_recent()
             rows = await self._claim()
             lanes: dict[int, list[OutboxMessage]] = {}
             for row in rows:
@@ -184,6 +220,8 @@ class OutboxSender(SendOutcomes):
                         self._limiter.hold(chat_id, now + booked.wait)
                         return False
                     wait = booked.wait
+                    if booked.member:
+                        self._booked[chat_id] = booked.member
                 if wait <= 0:
                     self._limiter.take(chat_id, now)
                     return True

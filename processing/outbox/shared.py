@@ -1,16 +1,19 @@
 """Telegram's send budget shared by every replica on one bot token, through Redis.
 
-Telegram counts per bot, not per process: two replicas pacing themselves at 28/s each
-send 56/s and earn 429s, and each would spend the admin group's 20 a minute on its own.
+Telegram counts per bot, not per process: two replicas pacing themselves at 30/s each
+send 60/s and earn 429s, and each would spend the admin group's 20 a minute on its own.
 With ``REDIS_URL`` set, every send first reserves its place here — one Lua script, so
 the check and the booking are one atomic step for all replicas — and a 429 seen by one
 replica pauses them all (Telegram blocks the whole bot for ``retry_after``).
 
 The in-process limiter (``limits.RateLimiter``) still paces each replica; this only adds
-what the others spent. Windows are sliding and count a send from its start, measured by
-Redis's clock (``TIME``), so replicas with skewed clocks agree. The per-chat limit is kept
-as "``burst`` sends in any ``burst / rate`` seconds", a little stricter than Telegram's
-bucket (3 at once, then 1/s), which costs nothing a buyer notices.
+what the others spent. Windows are sliding and, as in ``limits``, count a send from its
+start until a window after its answer (``settle``): booked as in flight (scored
+``FLIGHT_MS`` ahead), then re-scored when the answer came, all by Redis's clock
+(``TIME``), so replicas with skewed clocks agree and the limits can be kept exactly.
+The per-chat limit is kept as "``burst`` sends in any ``burst / rate`` seconds", a
+little stricter than Telegram's bucket (3 at once, then 1/s), which costs nothing a
+buyer notices.
 
 Redis unreachable: sending goes on under the local limiter alone, with a WARNING at most
 once a minute. Stopping every message to buyers because the shared counter is down would
@@ -35,13 +38,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WARN_EVERY = 60.0  # seconds between "Redis unreachable" warnings
-# Slack added to the group window: the emulator and Telegram count a send on arrival,
-# we count it at its start, so a send that left just inside the window may land after it.
-GROUP_SLACK_MS = 500
+# A booked send counts as in flight until it is settled, or for this long (a replica that
+# died mid-send): longer than any send waits for its answer.
+FLIGHT_MS = 30_000
+POLL_MS = 10  # every slot is in flight: look again shortly (an answer frees one)
 
 # KEYS: overall, chat, group ("" when the chat is no group), pause.
 # ARGV: overall_limit, overall_window_ms, chat_limit, chat_window_ms, group_limit,
-#       group_window_ms, member.
+#       group_window_ms, member, flight_ms, poll_ms.
 # Returns {wait_ms, paused}: 0 = the send is booked; otherwise wait that long (paused = 1
 # when a replica saw a 429 and everybody waits).
 _RESERVE = """
@@ -56,8 +60,9 @@ local function check(key, limit, window)
   if key == '' then return end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   if redis.call('ZCARD', key) >= limit then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local free_at = tonumber(oldest[2]) + window
+    local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+    local free_at = oldest + window
+    if oldest > now then free_at = now + tonumber(ARGV[9]) end
     if free_at - now > wait then wait = free_at - now end
   end
 end
@@ -69,8 +74,8 @@ if wait > 0 then
 end
 local function book(key, window)
   if key == '' then return end
-  redis.call('ZADD', key, now, ARGV[7])
-  redis.call('PEXPIRE', key, window + 1000)
+  redis.call('ZADD', key, now + tonumber(ARGV[8]), ARGV[7])
+  redis.call('PEXPIRE', key, window + tonumber(ARGV[8]) + 1000)
 end
 book(KEYS[1], tonumber(ARGV[2]))
 book(KEYS[2], tonumber(ARGV[4]))
@@ -78,11 +83,23 @@ book(KEYS[3], tonumber(ARGV[6]))
 return {0, 0}
 """
 
+# KEYS: overall, chat, group (as above). ARGV: member. The answer came: the send counts
+# from now (its window ends a window after the answer), not from its booking.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, key in ipairs(KEYS) do
+  if key ~= '' then redis.call('ZADD', key, 'XX', now, ARGV[1]) end
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class Reservation:
     wait: float  # seconds; 0: booked, go
     paused: bool = False  # every replica waits out a 429
+    member: str = ""  # the booking, for ``settle``
 
 
 GO = Reservation(0.0)
@@ -99,6 +116,7 @@ class SharedBudget:
         self.prefix = prefix
         self.configure(limits)
         self._script: Any = redis.register_script(_RESERVE)
+        self._settle: Any = redis.register_script(_SETTLE)
         self._seq = 0
         self._process = f"{time.time_ns()}"
         self._warned_at = -WARN_EVERY
@@ -111,27 +129,42 @@ class SharedBudget:
         limits = self.limits
         self._seq += 1
         chat_window = limits.per_chat_burst / limits.per_chat_per_second
-        keys = [
-            self.prefix + "all",
-            f"{self.prefix}chat:{chat_id}",
-            f"{self.prefix}group:{chat_id}" if chat_id < 0 else "",
-            self.prefix + "pause",
-        ]
+        member = f"{self._process}:{self._seq}"
         args = [
             max(1, int(limits.global_per_second)),
             1000,
             limits.per_chat_burst,
             int(chat_window * 1000),
             limits.group_limit,
-            int(limits.group_window * 1000) + GROUP_SLACK_MS,
-            f"{self._process}:{self._seq}",
+            int(limits.group_window * 1000),
+            member,
+            FLIGHT_MS,
+            POLL_MS,
         ]
         try:
-            wait_ms, paused = await self._script(keys=keys, args=args)
+            wait_ms, paused = await self._script(
+                keys=[*self._keys(chat_id), self.prefix + "pause"], args=args
+            )
         except Exception as exc:  # any Redis failure: the local limiter alone (docstring)
             self._warn(exc)
             return GO
-        return Reservation(int(wait_ms) / 1000, bool(paused)) if wait_ms else GO
+        if wait_ms:
+            return Reservation(int(wait_ms) / 1000, bool(paused))
+        return Reservation(0.0, member=member)
+
+    async def settle(self, chat_id: int, member: str) -> None:
+        """The booked send was answered: it counts until a window from now."""
+        try:
+            await self._settle(keys=self._keys(chat_id), args=[member])
+        except Exception as exc:  # the booking stays in flight until FLIGHT_MS: safe
+            self._warn(exc)
+
+    def _keys(self, chat_id: int) -> list[str]:
+        return [
+            self.prefix + "all",
+            f"{self.prefix}chat:{chat_id}",
+            f"{self.prefix}group:{chat_id}" if chat_id < 0 else "",
+        ]
 
     async def pause(self, seconds: float) -> None:
         """A 429: every replica waits ``seconds`` (a longer pause already set stands)."""
