@@ -5,8 +5,9 @@ total_credits − total_usage) must cover what buyer keys may already spend plus
 raise. The two halves are kept differently, because they cost differently:
 
 - **The balance** is one call. It is read afresh whenever the kept one is older than
-  ``ttl`` seconds (a few), so usage *outside* buyers' keys — the operator's own key,
-  another app on the account — lowers the headroom within that time, with no listing.
+  ``ttl`` seconds (fulfilment uses 0: on every check), so usage *outside* buyers'
+  keys — the operator's own key, another app on the account — lowers the headroom at
+  once, with no listing.
 - **What buyer keys may still spend** (``committed``, Σ limit_remaining) means listing
   every key: O(buyers) calls, 1,000 at 100,000 buyers. So it comes from our own ledger:
   the last full listing plus every raise we made since. That stays an upper bound with
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import case, select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -108,42 +109,48 @@ class SharedFunds:
         return committed
 
     async def relist_if_due(self) -> bool:
-        """Job: re-list the keys when the listing is older than ``remeasure``, without
-        holding the lease for the listing's length (deliveries go on meanwhile).
+        """Job: list the keys when the figure is unknown or its listing older than
+        ``remeasure``, without holding the lease (O(buyers) calls: at 100,000 keys that
+        can outlast the lease, and deliveries go on meanwhile). Returns whether it listed.
 
-        The listing replaces the figure only if nobody re-measured or lost track while it
-        ran (``measured_at`` unchanged), and keeps the raises booked meanwhile on top:
-        a raise whose PATCH the listing already saw is then counted twice, which only
-        errs high. An unknown figure is measured under the lease, as a delivery would.
-        Returns whether it listed."""
+        The listing replaces the figure only if nobody measured or lost track while it
+        ran (``measured_at`` unchanged), and keeps the raises booked meanwhile on top: a
+        raise whose PATCH the listing already saw is then counted twice, which only errs
+        high. While the figure is unknown nobody books a raise (a holder measures first,
+        which changes ``measured_at``), so the listing alone is the figure."""
         async with self.sessions() as session:
             row = await _row(session)
-        if row.measured_at is not None and row.committed is not None:
-            if utcnow() - row.measured_at < self.remeasure_every:
-                return False
-        else:
-            await self.remeasure()
-            return True
         since, booked_then = row.measured_at, row.committed
+        known = since is not None and booked_then is not None
+        if known and since is not None and utcnow() - since < self.remeasure_every:
+            return False
         started = utcnow()
         credits = await self.openrouter.credits()
         listed = await self._list_committed()
         async with self.sessions() as session, session.begin():
             now_row = await _row(session)
-            if now_row.measured_at != since or now_row.committed is None:
-                return True  # re-measured or unsure meanwhile: that figure stands
-            # Compare-and-set on the figure read: a holder booking at this moment writes
-            # its own (older, higher) bound over ours, which is still a bound.
-            await session.execute(
-                update(FundsLedger)
-                .where(
-                    FundsLedger.id == LEDGER_ID,
+            if not known:
+                if now_row.measured_at is not None:
+                    return True  # a delivery measured meanwhile: that figure stands
+                unchanged: list[ColumnElement[bool]] = [FundsLedger.measured_at.is_(None)]
+                committed = listed
+            else:
+                if now_row.measured_at != since or now_row.committed is None:
+                    return True  # re-measured or lost track meanwhile
+                assert booked_then is not None
+                # Compare-and-set on the figure read: a holder booking at this moment
+                # writes its own (older, higher) bound over ours, still a bound.
+                unchanged = [
                     FundsLedger.measured_at == since,
                     FundsLedger.committed == now_row.committed,
-                )
+                ]
+                committed = listed + (now_row.committed - booked_then)
+            await session.execute(
+                update(FundsLedger)
+                .where(FundsLedger.id == LEDGER_ID, *unchanged)
                 .values(
                     measured_at=started,
-                    committed=listed + (now_row.committed - booked_then),
+                    committed=committed,
                     available=credits.balance,
                     balance_at=started,
                 )

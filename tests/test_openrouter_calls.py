@@ -37,11 +37,6 @@ def _seed_keys(env: Env, n: int = OTHERS) -> None:
         env.sandbox.openrouter.keys[key.hash] = key
 
 
-def _no_ttl(env: Env) -> None:
-    """Every balance check reads GET /credits afresh: the worst case per delivery."""
-    env.app.fulfilment.shared_funds.ttl = 0.0
-
-
 def _calls(requests: list[dict[str, Any]]) -> list[str]:
     """``METHOD /path`` of each API request, a key's hash shown as ``{hash}``."""
     out = []
@@ -80,7 +75,6 @@ async def _last_seq(env: Env) -> int:
 
 async def test_first_delivery_among_many_keys_costs_three_calls(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
-        _no_ttl(env)
         _seed_keys(env)
         await _deliver(env, FIRST)  # the first ever: the funds figure is measured once
         assert _lists(await env.orc.requests()) == OTHERS // 100 + 1
@@ -142,7 +136,6 @@ async def test_usage_outside_buyer_keys_is_seen_without_listing_keys(tmp_path: P
     """The operator's own usage lowers the balance, not what buyers' keys may spend: the
     next check reads it from GET /credits and the order waits with the exact top-up."""
     async with running_env(tmp_path) as env:
-        _no_ttl(env)
         await env.orc.set_credits(total_credits=Decimal("10.00"), total_usage=Decimal("0"))
         await _deliver(env, FIRST)  # committed $1.65
         # Usage on no buyer's key (the operator's own key, another app): $8 of $10.
@@ -197,3 +190,16 @@ async def test_the_background_listing_reclaims_what_buyers_spent(tmp_path: Path)
 async def _ledger(env: Env) -> FundsLedger:
     async with env.app.sessions() as session:
         return (await session.execute(select(FundsLedger))).scalar_one()
+
+
+async def test_the_listing_needs_no_lease(tmp_path: Path) -> None:
+    """At 100,000 keys a listing can outlast the funds lease: the job lists without it,
+    so deliveries are not held up and no holder is taken over mid-listing."""
+    async with running_env(tmp_path) as env:
+        _seed_keys(env, 10)
+        funds = env.app.fulfilment.shared_funds
+        async with funds.hold():  # a delivery holds the lease all along
+            assert await asyncio.wait_for(funds.relist_if_due(), 10)
+        ledger = await _ledger(env)
+        assert ledger.measured_at is not None and ledger.committed == Decimal("45.00")
+        assert ledger.lease_owner is None
