@@ -128,7 +128,10 @@ async def child(config: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(**config["settings"])
     app = BotApp(
         settings,
-        intervals=JobIntervals(payment_poll=idle, expiry=idle, fulfilment=idle, prices=idle),
+        # The funds job too: its background listing would land in the sweep's call count.
+        intervals=JobIntervals(
+            payment_poll=idle, expiry=idle, fulfilment=idle, prices=idle, funds_recheck=idle
+        ),
     )
     calls: list[str] = []
     request = app.openrouter._mgmt.request
