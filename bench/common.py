@@ -22,7 +22,10 @@ from typing import Any
 from sandbox.telegram import TelegramEmulator
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PG_BENCH_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
+# Parallel work sessions each point this at their own database (BENCH_DATABASE_URL).
+PG_BENCH_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -147,6 +147,7 @@ class BotApp:
             lease=timedelta(seconds=s.fulfilment_lease_seconds),
             funds_lease=timedelta(seconds=s.funds_lease_seconds),
             funds_recheck=timedelta(seconds=s.funds_recheck_seconds),
+            funds_remeasure=timedelta(seconds=s.funds_remeasure_seconds),
             metrics=self.metrics,
         )
         self.processor = AITokenPaymentProcessor(

@@ -169,6 +169,11 @@ class Settings(PaymentSettings):
     # Orders waiting for funds resume within this long of the operator's top-up: the
     # balance is re-measured and the waiting orders retried on this cadence.
     funds_recheck_seconds: int = Field(default=30, ge=1)
+    # What buyer keys may still spend is kept from our own ledger between full listings
+    # of the keys (O(buyers) OpenRouter calls); the list is re-read in the background
+    # this often (and whenever the figure is too short for an order). Between listings
+    # the figure errs high by what buyers spent since, never low.
+    funds_remeasure_seconds: int = Field(default=900, ge=10)
     # An order still "new" (invoice call never came back) after this is closed.
     stale_order_seconds: int = Field(default=600, ge=30)
     quota_check_seconds: int = Field(default=600, ge=1)

@@ -263,10 +263,12 @@ class FundsLedger(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # What GET /credits and the key list said at measured_at, plus raises made since.
+    # What the key list said at measured_at, plus raises made since (processing/funds.py).
     measured_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    available: Mapped[Decimal | None] = mapped_column(Money(18, 6))
     committed: Mapped[Decimal | None] = mapped_column(Money(18, 6))
+    # What GET /credits said at balance_at (re-read every few seconds, the list rarely).
+    available: Mapped[Decimal | None] = mapped_column(Money(18, 6))
+    balance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RuntimeSetting(Base):

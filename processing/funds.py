@@ -2,17 +2,29 @@
 
 SPEC §2: before a key's limit is raised, the operator's balance (``GET /credits``:
 total_credits − total_usage) must cover what buyer keys may already spend plus the
-raise. Measuring means listing every key — O(buyers) calls — so the measurement is
-kept for a few seconds. It stays true in between because usage lowers the balance and
-what keys may spend alike, a top-up only raises the headroom, and every raise of a
-limit is added to ``committed`` as it is made.
+raise. The two halves are kept differently, because they cost differently:
 
-That last part must hold across processes too: two replicas that each kept their own
-figure could both spend the same headroom. So the figure lives in one database row
-(``funds_ledger``), and raising a limit is done only while holding that row's lease:
-read the figure (re-measure when old or short), PATCH, add the raise, let go. The
-lease is a row with an expiry, not a held transaction, because the PATCH it covers is
-a network call; it must outlast one PATCH with its retries.
+- **The balance** is one call. It is read afresh whenever the kept one is older than
+  ``ttl`` seconds (fulfilment uses 0: on every check), so usage *outside* buyers'
+  keys — the operator's own key, another app on the account — lowers the headroom at
+  once, with no listing.
+- **What buyer keys may still spend** (``committed``, Σ limit_remaining) means listing
+  every key: O(buyers) calls, 1,000 at 100,000 buyers. So it comes from our own ledger:
+  the last full listing plus every raise we made since. That stays an upper bound with
+  no listing at all: a buyer's usage only lowers what their key may still spend, and
+  every raise of a limit is added to ``committed`` as it is made. The figure drifts high
+  by what buyers spent since the listing, so the headroom drifts low, never high; a
+  figure too short for an order is listed afresh before anyone is told to wait, and a
+  background job re-lists every ``remeasure`` (FUNDS_REMEASURE_SECONDS) outside any
+  delivery, so a delivery normally costs one balance read and no listing.
+
+The figure must hold across processes too: two replicas that each kept their own
+could both spend the same headroom. So it lives in one database row (``funds_ledger``),
+and raising a limit is done only while holding that row's lease: read the figure
+(re-measure when unknown or short), PATCH, add the raise, let go. The lease is a row
+with an expiry, not a held transaction, because the PATCH it covers is a network call;
+it must outlast one PATCH with its retries. A holder that died or whose PATCH has an
+unknown outcome leaves the figure unknown (``measured_at`` NULL): the next one lists.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import case, select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -41,9 +53,10 @@ LEDGER_ID = 1
 
 @dataclass(frozen=True)
 class Funds:
-    available: Decimal  # total_credits - total_usage
-    committed: Decimal  # Σ limit_remaining of every buyer key
-    measured_at: datetime | None = None  # None: not from the shared ledger (measured ad hoc)
+    available: Decimal  # total_credits - total_usage, read at balance_at
+    committed: Decimal  # Σ limit_remaining of every buyer key (an upper bound, see above)
+    measured_at: datetime | None = None  # the key list's last full read
+    balance_at: datetime | None = None  # when ``available`` was read
 
     @property
     def headroom(self) -> Decimal:
@@ -66,18 +79,26 @@ class SharedFunds:
         key_prefix: str,
         lease: timedelta = timedelta(seconds=45),
         ttl: float = 10.0,
+        remeasure: timedelta = timedelta(minutes=15),
     ) -> None:
         self.sessions = sessions
         self.openrouter = openrouter
         self.key_prefix = key_prefix
         self.lease = lease
-        self.ttl = ttl
+        self.ttl = ttl  # seconds a balance read is reused
+        self.remeasure_every = remeasure  # how old the key listing may grow
         # A waiter gives up a little after a dead holder's lease would have run out.
         self.wait = lease.total_seconds() * 1.5
 
     async def measure(self) -> Funds:
-        """Operator balance vs what buyer keys may still spend, straight from OpenRouter."""
+        """Operator balance vs what buyer keys may still spend, straight from OpenRouter
+        (one balance read and the whole key list)."""
+        started = utcnow()
         credits = await self.openrouter.credits()
+        committed = await self._list_committed()
+        return Funds(credits.balance, committed, started, started)
+
+    async def _list_committed(self) -> Decimal:
         committed = Decimal(0)
         async for key in self.openrouter.iter_keys():
             if key.name.startswith(self.key_prefix) and not key.disabled and key.limit is not None:
@@ -85,7 +106,56 @@ class SharedFunds:
                 if remaining is None:
                     remaining = key.limit - key.usage
                 committed += max(Decimal(0), remaining)
-        return Funds(credits.balance, committed, utcnow())
+        return committed
+
+    async def relist_if_due(self) -> bool:
+        """Job: list the keys when the figure is unknown or its listing older than
+        ``remeasure``, without holding the lease (O(buyers) calls: at 100,000 keys that
+        can outlast the lease, and deliveries go on meanwhile). Returns whether it listed.
+
+        The listing replaces the figure only if nobody measured or lost track while it
+        ran (``measured_at`` unchanged), and keeps the raises booked meanwhile on top: a
+        raise whose PATCH the listing already saw is then counted twice, which only errs
+        high. While the figure is unknown nobody books a raise (a holder measures first,
+        which changes ``measured_at``), so the listing alone is the figure."""
+        async with self.sessions() as session:
+            row = await _row(session)
+        since, booked_then = row.measured_at, row.committed
+        known = since is not None and booked_then is not None
+        if known and since is not None and utcnow() - since < self.remeasure_every:
+            return False
+        started = utcnow()
+        credits = await self.openrouter.credits()
+        listed = await self._list_committed()
+        async with self.sessions() as session, session.begin():
+            now_row = await _row(session)
+            if not known:
+                if now_row.measured_at is not None:
+                    return True  # a delivery measured meanwhile: that figure stands
+                unchanged: list[ColumnElement[bool]] = [FundsLedger.measured_at.is_(None)]
+                committed = listed
+            else:
+                if now_row.measured_at != since or now_row.committed is None:
+                    return True  # re-measured or lost track meanwhile
+                assert booked_then is not None
+                # Compare-and-set on the figure read: a holder booking at this moment
+                # writes its own (older, higher) bound over ours, still a bound.
+                unchanged = [
+                    FundsLedger.measured_at == since,
+                    FundsLedger.committed == now_row.committed,
+                ]
+                committed = listed + (now_row.committed - booked_then)
+            await session.execute(
+                update(FundsLedger)
+                .where(FundsLedger.id == LEDGER_ID, *unchanged)
+                .values(
+                    measured_at=started,
+                    committed=committed,
+                    available=credits.balance,
+                    balance_at=started,
+                )
+            )
+        return True
 
     async def remeasure(self) -> Funds:
         """Measure now and share the figure, whatever its age (an admin's re-check, the
@@ -138,7 +208,7 @@ class SharedFunds:
                             select(FundsLedger).where(FundsLedger.id == LEDGER_ID)
                         )
                     ).scalar_one()
-                    return _fresh(row, self.ttl)
+                    return _known(row)
             if time.monotonic() >= deadline:
                 raise FundsBusy("the funds lease is held elsewhere")
             # Holders keep it for one PATCH (milliseconds to a few seconds): poll briskly,
@@ -178,12 +248,17 @@ class SharedFunds:
             raise FundsBusy("the funds lease was lost")
 
 
-def _fresh(row: FundsLedger, ttl: float) -> Funds | None:
-    """The stored figure, if measured within ``ttl`` seconds."""
+async def _row(session: AsyncSession) -> FundsLedger:
+    return (
+        await session.execute(select(FundsLedger).where(FundsLedger.id == LEDGER_ID))
+    ).scalar_one()
+
+
+def _known(row: FundsLedger) -> Funds | None:
+    """The stored figure, unless a holder lost track of it (then it must be listed)."""
     if row.measured_at is None or row.available is None or row.committed is None:
         return None
-    age = (utcnow() - row.measured_at).total_seconds()
-    return Funds(row.available, row.committed, row.measured_at) if 0 <= age < ttl else None
+    return Funds(row.available, row.committed, row.measured_at, row.balance_at)
 
 
 class FundsHold:
@@ -197,24 +272,39 @@ class FundsHold:
         self.unsure = False
 
     async def headroom(self, needed: Decimal, *, fresh_after: datetime | None = None) -> Funds:
-        """The shared figure, re-measured when older than the TTL or too short for ``needed``.
+        """The shared figure: the balance re-read when older than the TTL (one call), the
+        whole key list only when the figure is unknown or too short for ``needed``.
 
         A "not enough" answer is always a fresh measurement, so an order never waits
-        for funds on a stale figure. ``fresh_after``: a figure measured since then counts
+        for funds on a drifted figure. ``fresh_after``: a figure measured since then counts
         as fresh even when short (a re-check of many waiting orders measures once; the
         raises made since are booked into the figure).
         """
         known = self._known
-        if known is not None and (
-            needed <= known.headroom
-            or (
-                fresh_after is not None
-                and known.measured_at is not None
-                and known.measured_at >= fresh_after
-            )
+        if known is None:
+            return await self.measure()
+        if known.balance_at is None or (utcnow() - known.balance_at).total_seconds() >= (
+            self._funds.ttl
+        ):
+            known = await self._read_balance(known)
+        if needed <= known.headroom or (
+            fresh_after is not None
+            and known.measured_at is not None
+            and known.measured_at >= fresh_after
         ):
             return known
         return await self.measure()
+
+    async def _read_balance(self, known: Funds) -> Funds:
+        """Re-read the balance (one call) and share it (fenced by the lease)."""
+        read_at = utcnow()
+        credits = await self._funds.openrouter.credits()
+        async with self._funds.sessions() as session, session.begin():
+            await self._funds.fenced(
+                session, self.token, available=credits.balance, balance_at=read_at
+            )
+        self._known = Funds(credits.balance, known.committed, known.measured_at, read_at)
+        return self._known
 
     async def measure(self) -> Funds:
         """Measure now and store the figure for every replica (fenced by the lease)."""
@@ -226,6 +316,7 @@ class FundsHold:
                 measured_at=measured.measured_at,
                 available=measured.available,
                 committed=measured.committed,
+                balance_at=measured.balance_at,
             )
         self._known = measured
         return measured

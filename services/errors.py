@@ -61,11 +61,14 @@ class ExternalError(Exception):
         status: int | None = None,
         transient: bool = False,
         body: str | None = None,
+        unsent: bool = False,
     ) -> None:
         self.service = service
         self.status = status
         self.transient = transient
         self.body = body
+        # The request never reached the service (connection refused): it surely did nothing.
+        self.unsent = unsent
         super().__init__(f"{service}: {message}" + (f" (HTTP {status})" if status else ""))
 
 
@@ -91,8 +94,11 @@ class CryptoPayError(ProviderError):
         transient: bool = False,
         body: str | None = None,
         error_name: str | None = None,
+        unsent: bool = False,
     ) -> None:
-        super().__init__(service, message, status=status, transient=transient, body=body)
+        super().__init__(
+            service, message, status=status, transient=transient, body=body, unsent=unsent
+        )
         self.error_name = error_name
 
 

@@ -107,7 +107,10 @@ class JsonHttp:
             except httpx.ConnectError as exc:
                 self._count("connect")
                 last = self.error_type(
-                    self.service, f"{method} {path}: cannot connect: {exc}", transient=True
+                    self.service,
+                    f"{method} {path}: cannot connect: {exc}",
+                    transient=True,
+                    unsent=True,
                 )
             except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as exc:
                 timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError)

@@ -33,10 +33,12 @@ async def test_stalled_worker_that_lost_its_lease_does_not_patch(tmp_path: Path)
     async with running_env(tmp_path) as env:
         order_id = await env.buy(BUYER)
         client = env.app.fulfilment.openrouter
-        real_get_key = client.get_key
+        # The balance read is the last OpenRouter call before the PATCH (a new buyer's
+        # key is no longer read back after POST /keys).
+        real_credits = client.credits
 
-        async def get_key_while_overtaken(key_hash: str) -> Any:
-            info = await real_get_key(key_hash)
+        async def credits_while_overtaken() -> Any:
+            info = await real_credits()
             # Meanwhile (a long stall) the lease ran out and another worker took the buyer.
             async with env.app.sessions() as session, session.begin():
                 await session.execute(
@@ -46,7 +48,7 @@ async def test_stalled_worker_that_lost_its_lease_does_not_patch(tmp_path: Path)
                 )
             return info
 
-        client.get_key = get_key_while_overtaken  # type: ignore[method-assign]
+        client.credits = credits_while_overtaken  # type: ignore[method-assign]
         await env.pay(order_id)
         await env.wait_status(order_id, "fulfilling")
         for _ in range(200):  # until the worker let go of the buyer

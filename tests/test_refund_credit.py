@@ -147,14 +147,11 @@ async def test_failure_is_not_recorded_while_the_key_cannot_be_confirmed(tmp_pat
         order_id = await env.buy(BUYER)
         client = env.app.fulfilment.openrouter
         real_get_key = client.get_key
-        calls = 0
 
         async def read_back_fails(key_hash: str) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls > 1:  # the first read is the attempt's own; the read-back fails
-                raise OpenRouterError("openrouter", "GET /keys: cannot connect", transient=True)
-            return await real_get_key(key_hash)
+            # A new buyer's key is not read before the PATCH (POST /keys described it),
+            # so the only read is the read-back after the lost PATCH: it fails.
+            raise OpenRouterError("openrouter", "GET /keys: cannot connect", transient=True)
 
         client.get_key = read_back_fails  # type: ignore[method-assign]
         await env.orc.add_fault(

@@ -11,17 +11,27 @@ from core.clock import utcnow
 from db import repo
 from db.models import ApiKey, Order, OrderEvent, OrderStatus
 from processing.fulfilment.leasing import BuyerLeasing
-from services.openrouter import OpenRouterClient
+from services.errors import OpenRouterError
+from services.openrouter import KeyInfo, OpenRouterClient
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
 
 KEY_NAME_PREFIX = "tg-"
 KEY_CREATE_STARTED = "key_create_started"
+# POST /keys surely made no key (refused, or never sent): the next attempt needn't look.
+KEY_CREATE_REFUSED = "key_create_refused"
 
 
 def key_name(user_id: int) -> str:
     return f"{KEY_NAME_PREFIX}{user_id}"
+
+
+def surely_not_created(exc: OpenRouterError) -> bool:
+    """A failed ``POST /keys`` that surely made no key: the request never left, or
+    OpenRouter answered it with a refusal (4xx). A timeout, a dropped connection or a 5xx
+    may have come after the key was made: its outcome is unknown."""
+    return exc.unsent or (exc.status is not None and 400 <= exc.status < 500)
 
 
 class KeyCreation(BuyerLeasing):
@@ -32,45 +42,58 @@ class KeyCreation(BuyerLeasing):
 
     async def _ensure_key(
         self, user_id: int, order_id: int, key_row: ApiKey | None, token: str
-    ) -> tuple[str, bool]:
-        """The buyer's key hash, creating the key once.
+    ) -> tuple[str, KeyInfo | None]:
+        """The buyer's key hash, and the new key's info when this call created it.
 
-        Idempotent: an event is committed before ``POST /keys``; a later attempt that
-        finds it but no stored key knows a crash may have left an orphan, and looks."""
+        Idempotent at O(1) calls: an event is committed before ``POST /keys`` and
+        another when it surely made no key. Only a start with neither a stored key nor
+        that refusal after it — a timeout, a lost answer, a crash between the POST and
+        the record — may have left an orphan, and only then is the key list (O(buyers)
+        calls) read to find it."""
         if key_row is not None:
-            return key_row.openrouter_hash, False
+            return key_row.openrouter_hash, None
         name = key_name(user_id)
+        actor = f"worker:{token[:8]}"
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
-            # Did an earlier attempt start creating this buyer's key? Only then can an
-            # orphan exist, and only then is the whole key list worth reading.
-            tried_before = (
+            # How did this buyer's last attempt to create a key end?
+            last = (
                 await session.execute(
-                    select(OrderEvent.id)
+                    select(OrderEvent.kind)
                     .join(Order, Order.id == OrderEvent.order_id)
-                    .where(Order.user_id == user_id, OrderEvent.kind == KEY_CREATE_STARTED)
+                    .where(
+                        Order.user_id == user_id,
+                        OrderEvent.kind.in_((KEY_CREATE_STARTED, KEY_CREATE_REFUSED)),
+                    )
+                    .order_by(OrderEvent.id.desc())
                     .limit(1)
                 )
-            ).scalar_one_or_none() is not None
+            ).scalar_one_or_none()
             repo.add_event(
                 session,
                 order_id,
                 KEY_CREATE_STARTED,
-                actor=f"worker:{token[:8]}",
+                actor=actor,
                 status=OrderStatus.FULFILLING.value,
                 detail={"name": name},
             )
-        orphans = await self.openrouter.find_keys_by_name(name) if tried_before else []
-        for orphan in orphans:
-            # A key with our buyer's name that we never stored: a crash after POST
-            # /keys lost its plaintext. It was created with a zero limit, so nothing is
-            # lost by deleting it; one with credit on it is left for the operator.
-            if (orphan.limit or 0) == 0 and orphan.usage == 0:
-                log.warning("orphan_key_deleted user=%s hash=%s", user_id, orphan.hash[:12])
-                await self.openrouter.delete_key(orphan.hash)
-            else:
-                log.error("orphan_key_with_credit user=%s hash=%s", user_id, orphan.hash[:12])
-        info, plaintext = await self.openrouter.create_key(name, Decimal("0"))
+        if last == KEY_CREATE_STARTED:
+            await self._clear_orphans(user_id, name)
+        try:
+            info, plaintext = await self.openrouter.create_key(name, Decimal("0"))
+        except OpenRouterError as exc:
+            if surely_not_created(exc):
+                async with self.sessions() as session, session.begin():
+                    await self._renew(session, user_id, token)
+                    repo.add_event(
+                        session,
+                        order_id,
+                        KEY_CREATE_REFUSED,
+                        actor=actor,
+                        status=OrderStatus.FULFILLING.value,
+                        detail={"name": name, "error": str(exc)[:500]},
+                    )
+            raise
         now = utcnow()
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
@@ -89,4 +112,16 @@ class KeyCreation(BuyerLeasing):
                 )
             )
         log.info("key_created user=%s hash=%s", user_id, info.hash[:12])
-        return info.hash, True
+        return info.hash, info
+
+    async def _clear_orphans(self, user_id: int, name: str) -> None:
+        """An earlier create's outcome is unknown: find the key it may have made."""
+        for orphan in await self.openrouter.find_keys_by_name(name):
+            # A key with our buyer's name that we never stored: a crash after POST
+            # /keys lost its plaintext. It was created with a zero limit, so nothing is
+            # lost by deleting it; one with credit on it is left for the operator.
+            if (orphan.limit or 0) == 0 and orphan.usage == 0:
+                log.warning("orphan_key_deleted user=%s hash=%s", user_id, orphan.hash[:12])
+                await self.openrouter.delete_key(orphan.hash)
+            else:
+                log.error("orphan_key_with_credit user=%s hash=%s", user_id, orphan.hash[:12])

@@ -50,8 +50,11 @@ class Fulfilment(AttemptRecords, KeyCreation):
         retry_base: timedelta = timedelta(seconds=5),
         funds_recheck: timedelta = timedelta(seconds=30),
         concurrency: int = 4,
-        funds_ttl: float = 10.0,
+        # Seconds a balance read is reused: 0 reads GET /credits on every check (one call
+        # a delivery), so usage outside buyers' keys is never missed (processing/funds.py).
+        funds_ttl: float = 0.0,
         funds_lease: timedelta = timedelta(seconds=45),
+        funds_remeasure: timedelta = timedelta(minutes=15),
         metrics: Metrics | None = None,
     ) -> None:
         self.sessions = sessions
@@ -66,7 +69,12 @@ class Fulfilment(AttemptRecords, KeyCreation):
         self.concurrency = concurrency
         self._commit_lock = asyncio.Lock()
         self.shared_funds = SharedFunds(
-            sessions, openrouter, key_prefix=KEY_NAME_PREFIX, lease=funds_lease, ttl=funds_ttl
+            sessions,
+            openrouter,
+            key_prefix=KEY_NAME_PREFIX,
+            lease=funds_lease,
+            ttl=funds_ttl,
+            remeasure=funds_remeasure,
         )
         self._local: dict[int, asyncio.Lock] = {}
         # Nudges the outbox so the buyer hears at once; the app sets it once the outbox
@@ -126,10 +134,14 @@ class Fulfilment(AttemptRecords, KeyCreation):
     async def recheck_due(self) -> int:
         """Job (every FUNDS_RECHECK_SECONDS): ``resume_waiting`` when an order waits.
 
-        Measuring lists every key, so nothing is measured while no order waits."""
+        Otherwise the key list is re-read only when older than FUNDS_REMEASURE_SECONDS,
+        here rather than in a delivery, so a delivery costs no listing (processing/funds.py).
+        """
         async with self.sessions() as session:
-            if not await count_orders(session, Order.status == OrderStatus.AWAITING_FUNDS.value):
-                return 0
+            waiting = await count_orders(session, Order.status == OrderStatus.AWAITING_FUNDS.value)
+        if not waiting:
+            await self.shared_funds.relist_if_due()
+            return 0
         return (await self.resume_waiting()).delivered
 
     async def resume_waiting(self) -> FundsRecheck:
@@ -236,8 +248,10 @@ class Fulfilment(AttemptRecords, KeyCreation):
             paid_at = order.paid_at
         target = delivered_sum + base
         try:
-            key_hash, created = await self._ensure_key(user_id, order_id, key_row, token)
-            current = await self.openrouter.get_key(key_hash)
+            key_hash, new_key = await self._ensure_key(user_id, order_id, key_row, token)
+            created = new_key is not None
+            # A key made just now is as POST /keys described it; only an older one is read.
+            current = new_key or await self.openrouter.get_key(key_hash)
             # Balance check, PATCH and booking of the raise as one section: buyers are
             # fulfilled concurrently here and on other replicas, and two checks against
             # the same headroom must not both pass. The process lock keeps this
