@@ -14,9 +14,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from db.models import FundsLedger
+from db.models import FundsLedger, OutboxMessage
 from processing.scheduler import JobIntervals
 from sandbox.runner import ADMIN_ID
 from tests.harness import IDLE, Env, running_env
@@ -229,13 +229,17 @@ async def test_a_growing_deficit_is_told_once_per_new_figure(tmp_path: Path) -> 
         # The operator spends $0.50 elsewhere: the order now needs $1.15.
         await env.orc.set_credits(total_usage=Decimal("0.50"))
         assert "0 delivered, 1 still waiting" in await _recheck(env)
+        told = await env.tg.wait_for_text(env.admin_chat, f"Order #{order_id} still awaits funds")
+        assert "now exactly $1.15 (was $0.65" in told["plain"], told["plain"]
         await _recheck(env)  # the same figure again: nothing new to tell
-        changes = [
-            m["plain"]
-            for m in await env.tg.messages(env.admin_chat)
-            if f"Order #{order_id} still awaits funds" in m["plain"]
-        ]
-        assert len(changes) == 1 and "now exactly $1.15 (was $0.65" in changes[0], changes
+        # The outbox is the record of what was told (a send may still be on its way).
+        async with env.app.sessions() as session:
+            queued = await session.scalars(
+                select(OutboxMessage.text).where(
+                    OutboxMessage.text.contains(f"Order #{order_id} still awaits funds")
+                )
+            )
+            assert len(list(queued)) == 1
         assert (await env.order(order_id)).funds_topup_usd == Decimal("1.15")
 
 
