@@ -148,6 +148,7 @@ class BotApp:
             funds_lease=timedelta(seconds=s.funds_lease_seconds),
             funds_recheck=timedelta(seconds=s.funds_recheck_seconds),
             funds_remeasure=timedelta(seconds=s.funds_remeasure_seconds),
+            funds_ttl=float(s.funds_balance_ttl_seconds),
             metrics=self.metrics,
         )
         self.processor = AITokenPaymentProcessor(

@@ -50,9 +50,9 @@ class Fulfilment(AttemptRecords, KeyCreation):
         retry_base: timedelta = timedelta(seconds=5),
         funds_recheck: timedelta = timedelta(seconds=30),
         concurrency: int = 4,
-        # Seconds a balance read is reused: 0 reads GET /credits on every check (one call
-        # a delivery), so usage outside buyers' keys is never missed (processing/funds.py).
-        funds_ttl: float = 0.0,
+        # Seconds a balance read is reused (FUNDS_BALANCE_TTL_SECONDS): 0 reads GET /credits
+        # on every check, so usage outside buyers' keys is never missed (processing/funds.py).
+        funds_ttl: float = 10.0,
         funds_lease: timedelta = timedelta(seconds=45),
         funds_remeasure: timedelta = timedelta(minutes=15),
         metrics: Metrics | None = None,
