@@ -174,11 +174,12 @@ class Settings(PaymentSettings):
     # this often (and whenever the figure is too short for an order). Between listings
     # the figure errs high by what buyers spent since, never low.
     funds_remeasure_seconds: int = Field(default=900, ge=10)
-    # A delivery reuses the operator's balance (GET /credits) for this long. 0 reads it
-    # before every raise: usage outside buyers' keys is never missed, but every delivery
-    # then waits on one more OpenRouter call inside the shared funds section, and a slow
-    # OpenRouter stalls all of them (the two-rail chaos run at 0 drained ~1 order/s).
-    funds_balance_ttl_seconds: int = Field(default=10, ge=0, le=60)
+    # A delivery reuses the operator's balance (GET /credits) for this long. 0 (default)
+    # reads it before every raise, so usage outside buyers' keys is never missed and no
+    # key gets a limit the balance no longer covers; the price is one more OpenRouter
+    # call inside the shared funds section per delivery (a slow OpenRouter slows all of
+    # them: the two-rail chaos run drained ~1 order/s under faults).
+    funds_balance_ttl_seconds: int = Field(default=0, ge=0, le=60)
     # An order still "new" (invoice call never came back) after this is closed.
     stale_order_seconds: int = Field(default=600, ge=30)
     quota_check_seconds: int = Field(default=600, ge=1)

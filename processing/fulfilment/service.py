@@ -52,7 +52,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
         concurrency: int = 4,
         # Seconds a balance read is reused (FUNDS_BALANCE_TTL_SECONDS): 0 reads GET /credits
         # on every check, so usage outside buyers' keys is never missed (processing/funds.py).
-        funds_ttl: float = 10.0,
+        funds_ttl: float = 0.0,
         funds_lease: timedelta = timedelta(seconds=45),
         funds_remeasure: timedelta = timedelta(minutes=15),
         metrics: Metrics | None = None,
