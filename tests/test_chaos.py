@@ -92,5 +92,7 @@ def _assert_both_rails(report: Any) -> None:
     by_provider = report.figures["orders_by_provider"]
     assert by_provider.get("kryptoexpress", 0) > 0 and by_provider.get("cryptopay", 0) > 0
     assert report.figures["delivered_by_provider"].get("cryptopay", 0) > 0
-    assert report.figures["fallbacks"] > 0
+    # Fallbacks are not asserted: one needs a confirm inside a KryptoExpress outage window,
+    # likely but not certain in a 20-order run (CI once saw none); test_cryptopay_buy.py
+    # proves fallback deterministically, and the big runs count it (docs/reliability.md).
     assert report.stats.outages > 0 and report.stats.cryptopay_faults > 0
