@@ -43,6 +43,7 @@ from processing.admin_reports import AdminReports
 from processing.alerts import BuyerAlerts
 from processing.backup import SqliteBackup, sqlite_path
 from processing.fulfilment import Fulfilment
+from processing.job_health import JobHealth
 from processing.joblock import JobLock
 from processing.observe import OpsRoutes
 from processing.outbox import OutboxSender, SendLimits
@@ -298,6 +299,7 @@ class BotApp:
             timezone=s.timezone,
             on_success=self.metrics.job_succeeded,
             lock=self.job_lock,
+            health=JobHealth(self.notifier, self.sessions),
         )
         for client in (self.openrouter, *self.providers.values()):
             observe_errors(client, self.metrics.external_error)

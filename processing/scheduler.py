@@ -32,6 +32,7 @@ from processing.admin_reports import REPORT_MISFIRE_GRACE, AdminReports
 from processing.alerts import SUMMARY_GRACE, BuyerAlerts
 from processing.backup import SqliteBackup
 from processing.fulfilment import Fulfilment
+from processing.job_health import JobHealth
 from processing.joblock import JobLock, hold_for
 from processing.payments import AITokenPaymentProcessor
 from services.errors import ExternalError
@@ -64,6 +65,9 @@ class Job:
     idempotent: bool
     misfire_grace: int = 60
     first_run: datetime | None = None  # None: the trigger's own first time
+    # Failed runs in a row before the admin group is told (processing/job_health.py):
+    # 1 for jobs whose next try is a day or more away.
+    alert_after: int = 3
 
 
 def guarded(
@@ -73,12 +77,15 @@ def guarded(
     *,
     lock: JobLock | None = None,
     hold: float = 0.0,
+    health: JobHealth | None = None,
+    alert_after: int = 3,
 ) -> Callable[[], Awaitable[None]]:
     """A failed run is logged and the next one tries again; nothing reaches APScheduler.
     An unreachable service is expected weather (WARNING); anything else is a bug. A run
     that ends without an error is reported to ``on_success`` (/metrics shows its time).
     With a ``lock`` (replicas sharing Redis), a run happens only on the replica that
-    claims the job for ``hold`` seconds (processing/joblock.py)."""
+    claims the job for ``hold`` seconds (processing/joblock.py). ``health`` turns a
+    streak of failed runs into an admin alert, and its end into another."""
 
     async def run() -> None:
         if lock is not None and not await lock.claim(name, hold):
@@ -87,11 +94,18 @@ def guarded(
             await job()
         except ExternalError as exc:
             log.warning("job_external_error job=%s error=%s", name, exc)
-        except Exception:
+            if health is not None:
+                await health.failed(name, str(exc), external=True, alert_after=alert_after)
+        except Exception as exc:
             log.exception("job_failed job=%s", name)
+            if health is not None:
+                error = f"{type(exc).__name__}: {exc}"
+                await health.failed(name, error, external=False, alert_after=alert_after)
         else:
             if on_success is not None:
                 on_success(name)
+            if health is not None:
+                await health.succeeded(name)
 
     return run
 
@@ -171,6 +185,7 @@ def job_table(
             ),
             idempotent=True,
             misfire_grace=REPORT_MISFIRE_GRACE,
+            alert_after=1,
         ),
         Job(
             "weekly_report",
@@ -183,6 +198,7 @@ def job_table(
             ),
             idempotent=True,
             misfire_grace=REPORT_MISFIRE_GRACE,
+            alert_after=1,
         ),
         # A report whose time passed while the bot was down is sent at start.
         Job(
@@ -192,6 +208,7 @@ def job_table(
             {"run_date": utcnow()},
             idempotent=True,
             misfire_grace=REPORT_MISFIRE_GRACE,
+            alert_after=1,
         ),
     ]
     if backup is not None:
@@ -204,6 +221,7 @@ def job_table(
                 "interval",
                 {"days": 1},
                 idempotent=False,
+                alert_after=1,
                 first_run=backup.next_run(),
             )
         )
@@ -227,6 +245,7 @@ def _daily_summary(alerts: BuyerAlerts, summary_time: str) -> Job:
         CronTrigger(hour=hour, minute=minute, timezone=alerts.zone),
         idempotent=True,
         misfire_grace=int(SUMMARY_GRACE.total_seconds()),
+        alert_after=1,
         first_run=now if catch_up else None,
     )
 
@@ -237,6 +256,7 @@ def build_scheduler(
     timezone: str = "UTC",
     on_success: Callable[[str], None] | None = None,
     lock: JobLock | None = None,
+    health: JobHealth | None = None,
 ) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=timezone, job_defaults=dict(JOB_DEFAULTS))
     for job in jobs:
@@ -244,7 +264,15 @@ def build_scheduler(
         if job.trigger == "interval" and "days" in job.when:
             interval = float(job.when["days"]) * 86400
         scheduler.add_job(
-            guarded(job.name, job.run, on_success, lock=lock, hold=hold_for(interval)),
+            guarded(
+                job.name,
+                job.run,
+                on_success,
+                lock=lock,
+                hold=hold_for(interval),
+                health=health,
+                alert_after=job.alert_after,
+            ),
             job.trigger,
             id=job.name,
             name=job.name,

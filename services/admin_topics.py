@@ -34,6 +34,8 @@ ALERT_CATEGORIES: dict[str, AlertCategory] = {
     "admin.provider_failed": AlertCategory.FAILURES,
     "admin.provider_fallback": AlertCategory.FAILURES,
     "admin.model_missing": AlertCategory.FAILURES,
+    "admin.job_failing": AlertCategory.FAILURES,
+    "admin.job_recovered": AlertCategory.FAILURES,
     "admin_report.reconcile_alert": AlertCategory.FAILURES,
     "admin.callback_rejected": AlertCategory.SECURITY,
 }
