@@ -232,15 +232,7 @@ class AdminLedger:
             )
             if previous is None:
                 return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
-            if self.notifier is not None:
-                # The admin's note is for the books; the buyer hears what happens to them.
-                await self.notifier.user(
-                    session,
-                    order.user_id,
-                    "notify.refunded",
-                    dedupe=f"refunded:{order_id}",
-                    order_id=order_id,
-                )
+            # The buyer hears nothing yet: the delivery that follows tells them.
             return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
 
     async def refundable(self, order_id: int) -> ActionResult:

@@ -73,6 +73,10 @@ async def test_order_retry_refund_balance_stats(tmp_path: Path) -> None:
         assert len(retry_events) == 1 and retry_events[0].actor == f"admin:{ADMIN_ID}"
         assert (retry_events[0].from_status, retry_events[0].to_status) == ("failed", "paid")
         await ask(env, f"/retry {b}", "/retry works for failed")  # delivered now: refused
+        # A retry is no refund: the buyer hears of the delivery, never "was refunded".
+        assert not [
+            m for m in await env.tg.messages(BUYER2) if m["from_bot"] and "refunded" in m["plain"]
+        ]
 
         # /refund: never a delivered order, never without a note; a failed one with a note.
         await ask(env, f"/refund {a} sent it back", "cannot be marked refunded")
