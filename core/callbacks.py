@@ -65,6 +65,12 @@ class AdminOrderCb(CallbackData, prefix="ao"):
     order_id: RowId
 
 
+class AttentionCb(CallbackData, prefix="at"):
+    """`✔️ Mark settled` under /order of an order flagged for the operator (admins only)."""
+
+    order_id: RowId
+
+
 class BroadcastCb(CallbackData, prefix="bc"):
     action: str  # send | cancel
     broadcast_id: RowId

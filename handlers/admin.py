@@ -11,7 +11,7 @@ import re
 
 from aiogram import F
 from aiogram.filters import Command, CommandObject
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
 from bot import keyboards
 from bot.admin_screens import (
@@ -24,7 +24,7 @@ from bot.admin_screens import (
 )
 from bot.filters import ADMIN_ONLY, ForgedData
 from bot.settings import Settings
-from core.callbacks import AdminFundsCb, AdminOrderCb, PayerRefundCb
+from core.callbacks import AdminFundsCb, AdminOrderCb, AttentionCb, PayerRefundCb
 from core.money import format_crypto
 from handlers.spec import RouterSpec
 from handlers.util import answer_long
@@ -71,11 +71,20 @@ async def stats(
     await answer_long(message, render_stats(t, figures, settings.timezone))
 
 
-async def _order_text(t: Translator, admin: AdminOps, order_id: int, tz: str) -> str:
+async def _order_screen(
+    t: Translator, admin: AdminOps, order_id: int, tz: str
+) -> tuple[str, InlineKeyboardMarkup | None]:
     dossier = await admin.order_dossier(order_id)
     if dossier is None:
-        return t("admin_cmd.not_found", order_id=order_id)
-    return render_order(t, dossier, tz)
+        return t("admin_cmd.not_found", order_id=order_id), None
+    markup = None
+    if dossier.order.attention:
+        # The flag stays until an admin says the money is dealt with (a refund by hand,
+        # a talk with the buyer): /stats and the reports list it until then.
+        markup = keyboards.single_button(
+            t.plain("admin_cmd.attention_settle"), AttentionCb(order_id=order_id).pack()
+        )
+    return render_order(t, dossier, tz), markup
 
 
 @router.message(Command("order"), *ADMIN_ONLY)
@@ -86,7 +95,7 @@ async def order(
     if order_id is None:
         await answer_long(message, t("admin_cmd.order_usage"))
         return
-    await answer_long(message, await _order_text(t, admin, order_id, settings.timezone))
+    await answer_long(message, *await _order_screen(t, admin, order_id, settings.timezone))
 
 
 @router.callback_query(AdminOrderCb.filter(), *ADMIN_ONLY)
@@ -97,10 +106,10 @@ async def order_button(
     admin: AdminOps,
     settings: Settings,
 ) -> None:
-    text = await _order_text(t, admin, callback_data.order_id, settings.timezone)
+    screen = await _order_screen(t, admin, callback_data.order_id, settings.timezone)
     if isinstance(callback.message, Message):
         # A new message: the alert above it stays as it was.
-        await answer_long(callback.message, text)
+        await answer_long(callback.message, *screen)
     await callback.answer()
 
 
@@ -112,6 +121,34 @@ async def order_button_not_admin(callback: CallbackQuery) -> None:
 
 @router.callback_query(ForgedData(AdminOrderCb))
 async def order_button_forged(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("common.stale_button"), show_alert=True)
+
+
+@router.callback_query(AttentionCb.filter(), *ADMIN_ONLY)
+async def settle_attention(
+    callback: CallbackQuery, callback_data: AttentionCb, t: Translator, admin: AdminOps
+) -> None:
+    order_id = callback_data.order_id
+    result = await admin.settle_attention(order_id, callback.from_user.id)
+    if result.outcome is ActionOutcome.DONE:
+        reason = t(f"admin_cmd.attention_{result.status}")
+        text = t("admin_cmd.attention_settled", order_id=order_id, reason=reason)
+    elif result.outcome is ActionOutcome.NOT_FOUND:
+        text = t("admin_cmd.not_found", order_id=order_id)
+    else:  # a second press, or another admin was quicker
+        text = t("admin_cmd.attention_none", order_id=order_id)
+    if isinstance(callback.message, Message):
+        await callback.message.answer(text)
+    await callback.answer()
+
+
+@router.callback_query(AttentionCb.filter())
+async def settle_attention_not_admin(callback: CallbackQuery, t: Translator) -> None:
+    await callback.answer(t("admin_cmd.recheck_admins_only"), show_alert=True)
+
+
+@router.callback_query(ForgedData(AttentionCb))
+async def settle_attention_forged(callback: CallbackQuery, t: Translator) -> None:
     await callback.answer(t("common.stale_button"), show_alert=True)
 
 

@@ -130,6 +130,9 @@ class AdminOps:
     async def order_dossier(self, order_id: int) -> OrderDossier | None:
         return await self.ledger.order_dossier(order_id)
 
+    async def settle_attention(self, order_id: int, admin_id: int) -> ActionResult:
+        return await self.ledger.settle_attention(order_id, admin_id)
+
     # ------------------------------------------------------------- commands
     async def balance(self) -> Balance:
         funds = await self.fulfilment.funds()

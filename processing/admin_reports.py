@@ -149,7 +149,7 @@ async def _has_any(session: AsyncSession, pattern: str) -> bool:
 
 
 def stats_text(t: Translator, stats: Stats) -> str:
-    text = t(
+    text: str = t(
         "admin_report.stats",
         created=stats.created,
         paid=stats.paid,
@@ -163,13 +163,22 @@ def stats_text(t: Translator, stats: Stats) -> str:
         refunded=stats.refunded,
         expired=stats.expired,
     )
-    if not stats.by_provider:
-        return text
-    items = Markup(" · ").join(
-        t("admin_report.provider_item", provider=name, count=count, revenue=format_usd(earned))
-        for name, count, earned in stats.by_provider
-    )
-    return f"{text}\n{t('admin_report.by_provider', items=items)}"
+    if stats.by_provider:
+        items = Markup(" · ").join(
+            t("admin_report.provider_item", provider=name, count=count, revenue=format_usd(earned))
+            for name, count, earned in stats.by_provider
+        )
+        text = f"{text}\n{t('admin_report.by_provider', items=items)}"
+    if stats.attention:
+        orders = " · ".join(f"#{order_id}" for order_id in stats.attention)
+        more = stats.attention_total - len(stats.attention)
+        line = (
+            t("admin_report.attention_more", orders=orders, more=more)
+            if more > 0
+            else t("admin_report.attention", orders=orders)
+        )
+        text = f"{text}\n{line}"
+    return text
 
 
 def balance_text(t: Translator, balance: Balance) -> str:

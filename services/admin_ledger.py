@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -28,6 +28,7 @@ from services.chat import ModelChatStats, chat_stats
 from services.notify import Notifier
 
 ZERO = Decimal("0.00")
+ATTENTION_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class Stats:
     chat: tuple[ModelChatStats, ...] = ()
     # Settled orders paid in the period per payment provider: (name, orders, revenue).
     by_provider: tuple[tuple[str, int, Decimal], ...] = ()
+    # Open now: orders flagged for the operator (money arrived that the bot could not
+    # settle by itself), oldest first, at most ATTENTION_SHOWN of them, and how many.
+    attention: tuple[int, ...] = ()
+    attention_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,18 @@ class AdminLedger:
                 ).all()
             )
             chat = await chat_stats(session, period.start, period.end)
+            flagged = Order.attention.is_not(None)
+            attention = (
+                await session.execute(
+                    select(Order.id).where(flagged).order_by(Order.id).limit(ATTENTION_SHOWN)
+                )
+            ).scalars()
+            attention_ids = tuple(attention)
+            attention_total = len(attention_ids)
+            if attention_total == ATTENTION_SHOWN:
+                attention_total = int(
+                    (await session.execute(select(func.count()).where(flagged))).scalar_one()
+                )
         return Stats(
             period=period,
             created=created,
@@ -184,6 +201,8 @@ class AdminLedger:
             by_provider=tuple(
                 (name, count, earned) for name, (count, earned) in sorted(providers.items())
             ),
+            attention=attention_ids,
+            attention_total=attention_total,
         )
 
     async def order_dossier(self, order_id: int) -> OrderDossier | None:
@@ -234,6 +253,37 @@ class AdminLedger:
                 return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
             # The buyer hears nothing yet: the delivery that follows tells them.
             return ActionResult(ActionOutcome.DONE, previous.value, order.user_id)
+
+    async def settle_attention(self, order_id: int, admin_id: int) -> ActionResult:
+        """The operator has dealt with what flagged the order (a refund by hand, a talk
+        with the buyer): clear the flag, by compare-and-set on the reason the operator
+        saw, with an event naming who. ``status`` carries the reason that was cleared;
+        WRONG_STATE means nothing was flagged (a second press)."""
+        if not 0 < order_id <= MAX_ROW_ID:
+            return ActionResult(ActionOutcome.NOT_FOUND)
+        async with self.sessions() as session, session.begin():
+            order = await session.get(Order, order_id)
+            if order is None:
+                return ActionResult(ActionOutcome.NOT_FOUND)
+            reason = order.attention
+            if reason is None:
+                return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            cleared = await session.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.attention == reason)
+                .values(attention=None)
+            )
+            if cleared.rowcount != 1:  # type: ignore[attr-defined]
+                return ActionResult(ActionOutcome.WRONG_STATE, order.status, order.user_id)
+            repo.add_event(
+                session,
+                order_id,
+                "attention_settled",
+                actor=f"admin:{admin_id}",
+                detail={"reason": reason},
+                status=order.status,
+            )
+            return ActionResult(ActionOutcome.DONE, reason, order.user_id)
 
     async def refundable(self, order_id: int) -> ActionResult:
         """Whether /refund may go ahead (DONE, with the buyer), without changing anything."""

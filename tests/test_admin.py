@@ -192,3 +192,46 @@ async def test_reconcile_finds_planted_mismatches(tmp_path: Path) -> None:
         await ask(env, "/reconcile", "Reconciliation")
         again = [m for m in await env.outbox() if (m.dedupe_key or "").startswith("reconcile:")]
         assert len(again) == 3
+
+
+async def test_an_order_needing_the_operator_is_listed_until_marked_settled(
+    tmp_path: Path,
+) -> None:
+    """An overpaid order is flagged; /stats lists it, /order offers ✔️ Mark settled, and
+    one press (by an admin, once) clears it with an event naming who."""
+    async with running_env(tmp_path) as env:
+        await env.kx.set_options(report_received=True)
+        order_id = await delivered(env, BUYER)
+        await env.pay(order_id, amount=Decimal("0.50"))  # more than invoiced
+        await env.tg.wait_for_text(env.admin_chat, "received more than invoiced")
+        assert (await env.order(order_id)).attention == "overpaid"
+
+        stats = await ask(env, "/stats", "Orders created")
+        assert f"Need you: #{order_id} " in stats["plain"]
+        group = env.admin_chat
+        view = await ask(env, f"/order {order_id}", "Needs the operator", chat=group)
+
+        # Someone else in the group presses it: refused, nothing changes.
+        outsider = await env.tg.press(
+            BUYER2, "✔️ Mark settled", message_id=view["message_id"], chat_id=group
+        )
+        assert (
+            "only for the bot's admins"
+            in (await env.tg.callback_answer(outsider["callback_query_id"]))["text"]
+        )
+        assert (await env.order(order_id)).attention == "overpaid"
+
+        await env.tg.press(ADMIN_ID, "✔️ Mark settled", message_id=view["message_id"], chat_id=group)
+        await env.tg.wait_for_text(group, f"Order #{order_id}: marked settled")
+        assert (await env.order(order_id)).attention is None
+        settled = [e for e in await env.events(order_id) if e.kind == "attention_settled"]
+        assert len(settled) == 1 and settled[0].actor == f"admin:{ADMIN_ID}"
+        assert settled[0].detail == {"reason": "overpaid"}
+
+        await env.tg.press(ADMIN_ID, "✔️ Mark settled", message_id=view["message_id"], chat_id=group)
+        await env.tg.wait_for_text(group, "nothing waiting for the operator")
+        assert len([e for e in await env.events(order_id) if e.kind == "attention_settled"]) == 1
+        stats = await ask(env, "/stats", "Orders created")
+        assert "Need you" not in stats["plain"]
+        view = await ask(env, f"/order {order_id}", f"Order #{order_id}")
+        assert "Needs the operator" not in view["plain"] and not view.get("reply_markup")
