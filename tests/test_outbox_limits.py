@@ -220,3 +220,30 @@ async def test_admin_alert_burst_is_joined_within_the_group_limit(tmp_path: Path
                 break
             await asyncio.sleep(0.05)
         assert {r.status for r in rows} == {"sent"}
+
+
+async def test_buyers_answered_during_a_broadcast_provoke_no_429(tmp_path: Path) -> None:
+    """A handler's answer shares the bot's 30/s with the outbox, which keeps that limit
+    with no margin: an answer sent into a second the broadcast already filled would be
+    the 31st send, a 429 that loses the answer and blocks the whole bot."""
+    async with running_env(tmp_path) as env:
+        buyers = list(range(FIRST_USER, FIRST_USER + 600))
+        await _create_buyers(env, buyers)
+        await env.tg.set_limits(enforce=True)
+
+        await env.tg.send_text(ADMIN_ID, "/broadcast Big news: new models!")
+        recipients = len(buyers) + 1
+        await env.tg.wait_for_text(ADMIN_ID, f"It will go to {recipients:,} buyers")
+        await env.tg.press(ADMIN_ID, f"✅ Send to {recipients:,} buyers")
+        while await _broadcast_rows(env, "sent") < 60:  # the broadcast is at full pace
+            await asyncio.sleep(0.1)
+        talkers = buyers[-40:]  # their broadcast message comes last: no per-chat clash
+        for buyer in talkers:
+            await env.tg.send_text(buyer, "/help")
+            await asyncio.sleep(0.05)
+        for buyer in talkers:
+            await env.tg.wait_for_text(buyer, "How it works", timeout=60)
+
+        stats = await env.tg.rate_stats()
+        assert stats["rejected_429"] == 0, stats
+        assert stats["max_in_any_second"] <= 30, stats

@@ -123,6 +123,53 @@ async def test_two_replicas_share_telegrams_budget(tmp_path: Path) -> None:
             await second.stop()
 
 
+async def test_answers_to_buyers_share_the_replicas_budget(tmp_path: Path) -> None:
+    """A handler's answer at one replica takes its place in the budget both replicas'
+    outboxes fill to exactly 30/s: counted at its own replica only, it would be a 31st
+    send in a second the other replica filled, a 429 that loses the answer."""
+    url = await redis_url(REDIS_DB)
+    async with running_env(tmp_path, redis_url=url) as env:
+        second = await _second_replica(env, tmp_path, url)
+        try:
+            await env.tg.set_limits(enforce=True)
+            buyers = list(range(FIRST, FIRST + 3 * BUYERS))
+            now = utcnow()
+            async with env.app.sessions() as session, session.begin():
+                await session.execute(
+                    insert(User),
+                    [
+                        {"id": i, "language": "en", "first_name": f"B{i}", "created_at": now}
+                        for i in buyers
+                    ],
+                )
+            for start in range(0, len(buyers), 100):
+                await asyncio.gather(
+                    *(env.tg.register_chat(i) for i in buyers[start : start + 100])
+                )
+            talkers = list(range(FIRST - 40, FIRST))  # answered by the polling replica
+            for i in talkers:
+                await env.tg.send_text(i, "/start")
+                await env.tg.wait_for_text(i, "Hi,")
+            async with env.app.sessions() as session, session.begin():
+                for i in buyers:
+                    await repo.add_outbox(session, chat_id=i, text=f"News {i}", dedupe_key=f"n:{i}")
+            env.app.outbox.wake()
+            second.outbox.wake()
+            while (await env.tg.rate_stats())["max_in_any_second"] < 30:
+                await asyncio.sleep(0.1)  # both outboxes at full pace
+            for i in talkers:
+                await env.tg.send_text(i, "/help")
+                await asyncio.sleep(0.05)
+            for i in talkers:
+                await env.tg.wait_for_text(i, "How it works", timeout=60)
+
+            stats = await env.tg.rate_stats()
+            assert stats["rejected_429"] == 0, stats
+            assert stats["max_in_any_second"] <= 30, stats
+        finally:
+            await second.stop()
+
+
 async def test_a_429_at_one_replica_pauses_both(tmp_path: Path) -> None:
     url = await redis_url(REDIS_DB)
     async with running_env(tmp_path, redis_url=url) as env:

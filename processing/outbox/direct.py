@@ -1,17 +1,17 @@
 """Sends that do not go through the outbox (a handler answering a buyer) still count.
 
 Telegram's 30 messages/s is per bot, whoever sends: the outbox keeps that limit exactly,
-with no margin, so every direct ``sendMessage`` a handler makes is charged to the same
-limiter as it goes (never delayed: a buyer's answer does not queue behind a broadcast),
-and the outbox leaves that slot free for the next second.
+with no margin, so a handler's ``sendMessage`` must take a free place in the same second
+(and, with replicas, in the shared budget) before it goes: sent into a second a
+broadcast already filled it would be the 31st, refused with a 429 and lost. It takes
+the next free place, ahead of the outbox's queued rows (a buyer's answer does not queue
+behind a broadcast), and is not held to the chat's or group's pace.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
 
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import (
@@ -20,9 +20,6 @@ from aiogram.client.session.middlewares.base import (
 )
 from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
-
-if TYPE_CHECKING:
-    from processing.outbox.limits import RateLimiter
 
 # Set while the outbox itself sends: its own sends are charged by its own loop.
 OUTBOX_SENDING: ContextVar[bool] = ContextVar("outbox_sending", default=False)
@@ -55,8 +52,15 @@ SEND_METHODS = frozenset(
 class DirectSends(BaseRequestMiddleware):
     """Charges a handler's sends to the outbox's limiter (module docstring)."""
 
-    def __init__(self, limiter: Callable[[], RateLimiter]) -> None:
-        self.limiter = limiter  # a getter: ``OutboxSender.configure`` replaces the limiter
+    def __init__(
+        self,
+        slot: Callable[[int], Awaitable[str]],
+        done: Callable[[int, str], Awaitable[None]],
+    ) -> None:
+        # ``OutboxSender``'s: wait for and take a place (returns the shared booking), and
+        # count the send from its answer.
+        self.slot = slot
+        self.done = done
 
     async def __call__(
         self,
@@ -71,9 +75,8 @@ class DirectSends(BaseRequestMiddleware):
             or not isinstance(chat_id, int)
         ):
             return await make_request(bot, method)
-        limiter = self.limiter()
-        limiter.take(chat_id, time.monotonic())
+        booking = await self.slot(chat_id)
         try:
             return await make_request(bot, method)
         finally:
-            limiter.settle(chat_id, time.monotonic())
+            await self.done(chat_id, booking)

@@ -105,8 +105,30 @@ class OutboxSender(SendOutcomes):
         self._replayed = True
 
     def direct_sends(self) -> DirectSends:
-        """The request middleware that charges a handler's own sends to our limiter."""
-        return DirectSends(lambda: self._limiter)
+        """The request middleware that fits a handler's own sends into our limits."""
+        return DirectSends(self._direct_slot, self._direct_done)
+
+    async def _direct_slot(self, chat_id: int) -> str:
+        """A handler's send waits for a free place in the bot's overall second, taking
+        the overall lock's next turn (ahead of the lanes queued for it); returns its
+        booking in the shared budget ("" without one)."""
+        async with self._overall_lock:
+            while True:
+                wait = self._limiter.overall.delay(time.monotonic())
+                booking = ""
+                if wait <= 0 and self.shared is not None:
+                    # The overall budget only: the chat's pace does not hold an answer.
+                    booked = await self.shared.reserve(chat_id, overall_only=True)
+                    wait, booking = booked.wait, booked.member
+                if wait <= 0:
+                    self._limiter.take(chat_id, time.monotonic())
+                    return booking
+                await asyncio.sleep(wait)
+
+    async def _direct_done(self, chat_id: int, booking: str) -> None:
+        self._limiter.settle(chat_id, time.monotonic())
+        if booking and self.shared is not None:
+            await self.shared.settle(chat_id, booking)
 
     def wake(self) -> None:
         """New rows were committed: send now rather than at the next tick."""

@@ -124,8 +124,9 @@ class SharedBudget:
     def configure(self, limits: SendLimits) -> None:
         self.limits = limits
 
-    async def reserve(self, chat_id: int) -> Reservation:
-        """Book one send to ``chat_id`` in every replica's budget, or say how long to wait."""
+    async def reserve(self, chat_id: int, *, overall_only: bool = False) -> Reservation:
+        """Book one send to ``chat_id`` in every replica's budget, or say how long to wait.
+        ``overall_only``: in the bot's overall budget alone (a handler's answer)."""
         limits = self.limits
         self._seq += 1
         chat_window = limits.per_chat_burst / limits.per_chat_per_second
@@ -143,7 +144,7 @@ class SharedBudget:
         ]
         try:
             wait_ms, paused = await self._script(
-                keys=[*self._keys(chat_id), self.prefix + "pause"], args=args
+                keys=[*self._keys(chat_id, overall_only), self.prefix + "pause"], args=args
             )
         except Exception as exc:  # any Redis failure: the local limiter alone (docstring)
             self._warn(exc)
@@ -159,7 +160,9 @@ class SharedBudget:
         except Exception as exc:  # the booking stays in flight until FLIGHT_MS: safe
             self._warn(exc)
 
-    def _keys(self, chat_id: int) -> list[str]:
+    def _keys(self, chat_id: int, overall_only: bool = False) -> list[str]:
+        if overall_only:
+            return [self.prefix + "all", "", ""]
         return [
             self.prefix + "all",
             f"{self.prefix}chat:{chat_id}",
