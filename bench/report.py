@@ -311,16 +311,21 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
             "(the daily report's query); *first delivery* = `fulfil_user` for a new "
             "buyer among the N keys. Start-up does no per-buyer work, so it stays flat (its "
             "wiggles are noise); a single report-query figure can include a cold first "
-            "query. Single runs vary by about ±30 % on this shared 2-core machine.\n"
+            "query. Single runs vary by about ±30 % on this shared 2-core machine. *Peak "
+            "RSS* is the bot's over its whole run; *idle RSS* is before the sweep and "
+            "*sweep peak RSS* the peak during the sweep alone (target: ≤ 64 MiB above "
+            "idle at 100,000 keys).\n"
         )
         add(
-            "| db | buyers | seed s | peak RSS MiB | start-up s | sweep s | sweep calls | "
-            "report query s | first delivery s | first delivery calls |"
+            "| db | buyers | seed s | peak RSS MiB | idle RSS MiB | sweep peak RSS MiB | "
+            "start-up s | sweep s | sweep calls | report query s | first delivery s | "
+            "first delivery calls |"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             add(
                 f"| {r['db']} | {r['buyers']:,} | {r['seed_s']} | {r['peak_rss_mib']} | "
+                f"{r.get('idle_rss_mib', '–')} | {r.get('sweep_peak_rss_mib', '–')} | "
                 f"{r['startup_s']} | {r['sweep_s']} | {r['sweep_calls']} | "
                 f"{r['report_query_s']} | {r['first_delivery_s']} | "
                 f"{r['first_delivery_calls']} |"

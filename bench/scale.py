@@ -8,7 +8,8 @@ low-quota sweep (``BuyerAlerts.run_quota_sweep``: time and OpenRouter calls), th
 report query (``AdminLedger.stats`` for yesterday), the funds job's listing of every key
 (``SharedFunds.relist_if_due``, run in the background every FUNDS_REMEASURE_SECONDS),
 one first delivery to a new buyer (``Fulfilment.fulfil_user``: time and OpenRouter
-calls) and ``ru_maxrss``.
+calls), the idle RSS before the sweep, the peak RSS during the sweep alone (the peak is
+reset through /proc/self/clear_refs first) and the peak over the child's whole run.
 
     python -m bench.scale [--sizes 1000,10000] [--db sqlite,postgresql] [--quick]
 """
@@ -148,11 +149,17 @@ async def child(config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"startup_s": round(startup, 3)}
     try:
         await asyncio.sleep(0.5)  # let start-up's background work settle
+        out["idle_rss_mib"] = round(_vm("VmRSS") / 1024, 1)
         calls.clear()
         profiler = _profiler()
-        started = time.monotonic()
+        peak_reset = _reset_peak()
+        started, cpu = time.monotonic(), time.process_time()
         sweep = await app.alerts.run_quota_sweep()
         out["sweep_s"] = round(time.monotonic() - started, 3)
+        # The bot process's own CPU (every thread): steadier than seconds on a shared box.
+        out["sweep_cpu_s"] = round(time.process_time() - cpu, 3)
+        if peak_reset:
+            out["sweep_peak_rss_mib"] = round(_vm("VmHWM") / 1024, 1)
         _profile_done(profiler, "sweep")
         out["sweep_calls"] = len(calls)
         out["sweep_keys"] = sweep.keys_seen
@@ -218,6 +225,16 @@ def _profile_done(profiler: Any, name: str) -> None:
     profiler.stop()
     out = Path(os.environ["BENCH_PROFILE"]) / f"scale-{name}.txt"
     out.write_text(profiler.output_text(unicode=False, color=False))
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS, so a later VmHWM is the
+    peak of what ran since (Linux ≥ 4.0); False where /proc does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def _vm(field: str) -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.clock import utcnow
@@ -127,21 +125,28 @@ async def add_outbox(
         "next_attempt_at": now,
         "created_at": now,
     }
-    dialect = session.bind.dialect.name if session.bind is not None else ""
     if dedupe_key is None:
         await session.execute(insert(OutboxMessage).values(**values))
-    elif dialect == "postgresql":
-        await session.execute(
-            pg_insert(OutboxMessage)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        )
     else:
         await session.execute(
-            sqlite_insert(OutboxMessage)
+            upsert_insert(session)(OutboxMessage)
             .values(**values)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
         )
+
+
+def upsert_insert(session: AsyncSession) -> Callable[..., Any]:
+    """The session's dialect's ``insert`` (the one with ON CONFLICT), imported on first
+    use: the PostgreSQL dialect package is about 2 MiB resident that a SQLite bot never
+    needs (issue 14 item 6)."""
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 async def delivered_base_sum(session: AsyncSession, user_id: int) -> Decimal:

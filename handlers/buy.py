@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 
-import segno
 from aiogram import F
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject
@@ -222,6 +221,10 @@ async def _send_payment_screen(message: Message, t: Translator, order: OrderView
             ),
         )
         return
+    # segno (and the xml package its writers pull in) is imported on the first invoice,
+    # not at start-up: about 1.3 MiB an idle bot never uses (issue 14 item 6).
+    import segno
+
     qr = io.BytesIO()
     segno.make(screens.qr_payload(order), error="m").save(qr, kind="png", scale=6, border=2)
     await message.answer_photo(

@@ -148,9 +148,14 @@ class FaultRule:
     count: int | None = 1  # how many matching requests; None = until cleared
     rate: float = 1.0  # probability a matching request is hit (chaos runs)
     delay: float = 30.0  # for mode=timeout: how long to hang before answering
+    # Query parameters the request must carry (e.g. {"offset": "100"}: one page of a
+    # listing); None matches any query.
+    query: dict[str, str] | None = None
 
     def matches(self, request: web.Request) -> bool:
         if self.method != "*" and self.method.upper() != request.method:
+            return False
+        if self.query and any(request.query.get(k) != v for k, v in self.query.items()):
             return False
         return request.path.startswith(self.path)
 

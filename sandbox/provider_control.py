@@ -36,7 +36,8 @@ class _ControlClient(ControlClient):
 
     async def add_fault(self, **spec: Any) -> Any:
         """Rule spec: path (prefix), method, mode (status|timeout|drop|apply_then_status|
-        apply_then_drop), status, body, count (None = until cleared), rate, delay."""
+        apply_then_drop), status, body, count (None = until cleared), rate, delay, query
+        (parameters the request must carry)."""
         return await self._call("POST", "/control/faults", spec)
 
     async def clear_faults(self) -> Any:

@@ -14,8 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -220,8 +218,7 @@ async def _insert_ignoring_duplicates(session: AsyncSession, rows: list[dict[str
     """One multi-row INSERT; a row whose dedupe key exists already is skipped."""
     if not rows:
         return
-    dialect = session.bind.dialect.name if session.bind is not None else ""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = repo.upsert_insert(session)
     await session.execute(
         insert(OutboxMessage).values(rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
     )

@@ -10,13 +10,24 @@ A half-written answer (while streaming) parses too: an unclosed ``**`` stays lit
 
 from __future__ import annotations
 
+from functools import cache
 from html import escape
+from typing import TYPE_CHECKING
 
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
-
-_PARSER = MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 _SAFE_SCHEMES = ("http://", "https://", "tg://", "mailto:")
+
+
+@cache
+def _parser() -> MarkdownIt:
+    # Imported on the first answer: an idle bot, or one whose buyers never chat, does
+    # not carry markdown-it (issue 14 item 6).
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
+
 
 _INLINE_TAGS = {
     "strong_open": "<b>",
@@ -32,7 +43,7 @@ def markdown_to_html(text: str) -> str:
     """Telegram HTML for ``text``; never raises, never lets the model's markup through."""
     out: list[str] = []
     lists: list[list[int]] = []  # per open list: [next number] (0 for bullets)
-    for token in _PARSER.parse(text):
+    for token in _parser().parse(text):
         _block(token, out, lists)
     html = "".join(out).strip()
     return html or escape(text.strip(), quote=False)

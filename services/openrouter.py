@@ -162,11 +162,17 @@ class OpenRouterClient:
 
     async def iter_keys(self) -> AsyncIterator[KeyInfo]:
         """Every key of the account, 100 per call."""
+        async for page in self.iter_key_pages():
+            for key in page:
+                yield key
+
+    async def iter_key_pages(self) -> AsyncIterator[list[KeyInfo]]:
+        """Every key of the account, one page (a call) at a time; the next page is asked
+        for only when the caller is done with this one."""
         offset = 0
         while True:
             page = await self.list_keys(offset)
-            for key in page:
-                yield key
+            yield page
             if len(page) < KEYS_PAGE_SIZE:
                 return
             offset += len(page)

@@ -22,6 +22,7 @@ import httpx
 
 from core.jsonutil import loads
 from core.money import to_decimal
+from services.http import tls_context
 
 
 class ChatCallError(Exception):
@@ -77,6 +78,7 @@ class OpenRouterChat:
             # The overall deadline is the caller's (CHAT_TIMEOUT_SECONDS); this only
             # bounds one read so a silent connection is noticed.
             timeout=httpx.Timeout(60.0, connect=5.0),
+            verify=tls_context(),
             transport=transport,
         )
 

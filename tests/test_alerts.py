@@ -11,12 +11,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
 from core.clock import utcnow
 from core.money import format_crypto
 from db.models import ApiKey, OutboxMessage, User
 from processing.alerts import alert_level, used_share
+from services.errors import OpenRouterError
 from services.preferences import Preference
 from tests.harness import Env, running_env
 
@@ -281,6 +283,55 @@ async def test_sweep_of_150_keys_pages_get_keys_and_alerts_each_crossing_once(
                 await session.execute(select(ApiKey.last_checked_at, ApiKey.last_usage))
             ).all()
         assert len(checked) == 150 and all(at is not None for at, _ in checked)
+
+
+async def test_sweep_writes_each_page_before_asking_for_the_next(tmp_path: Path) -> None:
+    """Pages are not held: with page 2 of GET /keys failing, page 1 is already written
+    (figures, levels, alerts); the next sweep does the rest and repeats no alert."""
+    async with running_env(tmp_path) as env:
+        ids = list(range(910_000, 910_150))  # the emulator lists them in this order
+        hashes = await _make_buyers(env, ids, Decimal("10.00"))
+        first, second = ids[0], ids[120]  # on page 1 and page 2
+        for user_id in (first, second):
+            await env.orc.spend(hashes[user_id], Decimal("8.50"))
+        await env.orc.add_fault(
+            path="/api/v1/keys", method="GET", query={"offset": "100"}, status=503, count=None
+        )
+        with pytest.raises(OpenRouterError):
+            await env.app.alerts.run_quota_sweep()
+        await env.orc.clear_faults()
+        async with env.app.sessions() as session:
+            checked = dict(
+                (await session.execute(select(ApiKey.user_id, ApiKey.last_checked_at))).all()
+            )
+        assert all(checked[u] is not None for u in ids[:100])
+        assert all(checked[u] is None for u in ids[100:])
+        assert await _outbox_keys(env, "quota:") == [f"quota:{first}:80:10.00"]
+        assert (await _user(env, first)).quota_alert_level == 80
+        assert (await _user(env, second)).quota_alert_level == 0
+
+        result = await env.app.alerts.run_quota_sweep()
+        assert (result.keys_seen, result.matched, result.alerts) == (150, 150, 1)
+        assert sorted(await _outbox_keys(env, "quota:")) == sorted(
+            [f"quota:{first}:80:10.00", f"quota:{second}:80:10.00"]
+        )
+        async with env.app.sessions() as session:
+            unchecked = await session.execute(
+                select(ApiKey.id).where(ApiKey.last_checked_at.is_(None))
+            )
+            assert unchecked.first() is None
+
+
+async def test_sweep_leaves_keys_openrouter_no_longer_lists(tmp_path: Path) -> None:
+    """A key deleted at OpenRouter keeps its last figures and its buyer's level."""
+    async with running_env(tmp_path) as env:
+        hashes = await _make_buyers(env, [BUYER + 20, BUYER + 21], Decimal("10.00"))
+        gone, kept = BUYER + 20, BUYER + 21
+        await env.app.openrouter.delete_key(hashes[gone])
+        result = await env.app.alerts.run_quota_sweep()
+        assert (result.keys_seen, result.matched) == (1, 1)
+        assert (await env.api_key(kept)).last_checked_at is not None  # type: ignore[union-attr]
+        assert (await env.api_key(gone)).last_checked_at is None  # type: ignore[union-attr]
 
 
 async def test_quota_alerts_suppressed_when_turned_off(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ async def test_scale_benchmark_runs() -> None:
     row = await scale.measure(200, "sqlite")
     assert row["sweep_keys"] == 200 and row["first_delivery_ok"]
     assert row["report_paid"] == 200 and row["peak_rss_mib"] > 0
+    assert row["idle_rss_mib"] > 0 and row["sweep_peak_rss_mib"] >= row["idle_rss_mib"] - 1
 
 
 def test_report_renders(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The running bot does not carry libraries it only needs elsewhere (issue 14 item 6):
-Alembic is imported only when the database is behind head, redis only with REDIS_URL.
+Alembic is imported only when the database is behind head, redis only with REDIS_URL,
+and a few libraries (LAZY) only on first use.
 Checked in a fresh interpreter: this test process has imported both already."""
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ async def main(url):
     await engine.dispose()
 
 asyncio.run(main(sys.argv[1]))
-print(json.dumps({name: name in sys.modules for name in ("alembic", "redis")}))
+print(json.dumps({name: name in sys.modules for name in sys.argv[2:]}))
 """
+# Imported on first use, never by an idle bot on SQLite (issue 14 item 6): Fernet on the
+# first key encrypted or decrypted, markdown-it on the first chat answer, segno on the
+# first invoice QR code, SQLAlchemy's PostgreSQL dialect only on PostgreSQL.
+LAZY = ("cryptography", "markdown_it", "segno", "sqlalchemy.dialects.postgresql")
 
 
-def _probe(url: str) -> dict[str, bool]:
+def _probe(url: str, *modules: str) -> dict[str, bool]:
     done = subprocess.run(  # noqa: S603 (our own interpreter and script)
-        [sys.executable, "-c", PROBE, url],
+        [sys.executable, "-c", PROBE, url, *modules],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -57,7 +62,16 @@ async def test_a_start_on_a_database_at_head_imports_no_alembic(tmp_path: Path) 
         assert await at_head(engine)
     finally:
         await engine.dispose()
-    assert _probe(url) == {"alembic": False, "redis": False}
+    assert _probe(url, "alembic", "redis") == {"alembic": False, "redis": False}
+
+
+async def test_the_idle_bot_imports_no_library_it_uses_only_later(tmp_path: Path) -> None:
+    url = database_url(tmp_path)
+    async with running_env(tmp_path):
+        pass
+    loaded = _probe(url, *LAZY)
+    on_postgres = url.startswith("postgresql")
+    assert loaded == {name: on_postgres and "postgresql" in name for name in LAZY}
 
 
 async def test_a_database_behind_head_is_still_migrated(tmp_path: Path) -> None:
