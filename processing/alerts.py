@@ -173,10 +173,6 @@ class BuyerAlerts:
         return True
 
     # ------------------------------------------------------------- quota sweep
-    async def sweep_keys(self) -> dict[str, KeyInfo]:
-        """Every key of the account by hash: ceil(n/100) GET /keys calls in all."""
-        return {info.hash: info async for info in self.openrouter.iter_keys()}
-
     async def run_quota_sweep(self) -> SweepResult:
         """Refresh the buyers' cached key figures and announce newly crossed thresholds.
 
@@ -289,28 +285,46 @@ class BuyerAlerts:
     # ----------------------------------------------------------- daily summary
     async def run_daily_summary(self, now: datetime | None = None) -> int:
         """Usage today and what remains, for buyers who turned the summary on; at most
-        one per buyer per local day. Returns how many summaries were queued."""
+        one per buyer per local day. Returns how many summaries were queued.
+
+        Page by page like the quota sweep (one page of keys in memory, not all of
+        them), and only when someone asked: no call to OpenRouter otherwise."""
         now = now or utcnow()
         local_date = now.astimezone(self.zone).date().isoformat()
         async with self.sessions() as session:
+            anyone = (
+                await session.execute(
+                    select(User.id)
+                    .join(ApiKey, ApiKey.user_id == User.id)
+                    .where(User.daily_summary.is_(True), User.reachable.is_(True))
+                    .limit(1)
+                )
+            ).first()
+        if anyone is None:
+            return 0
+        queued = 0
+        async for page in self.openrouter.iter_key_pages():
+            queued += await self._summaries_for_page({info.hash: info for info in page}, local_date)
+        return queued
+
+    async def _summaries_for_page(self, keys: dict[str, KeyInfo], local_date: str) -> int:
+        queued = 0
+        async with self.sessions() as session, session.begin():
             wanted = (
                 await session.execute(
                     select(User.id, ApiKey.openrouter_hash)
                     .join(ApiKey, ApiKey.user_id == User.id)
-                    .where(User.daily_summary.is_(True), User.reachable.is_(True))
+                    .where(
+                        User.daily_summary.is_(True),
+                        User.reachable.is_(True),
+                        ApiKey.openrouter_hash.in_(list(keys)),
+                    )
                     .order_by(User.id)
                 )
             ).all()
-        if not wanted:
-            return 0  # nobody asked: no call to OpenRouter
-        keys = await self.sweep_keys()
-        queued = 0
-        for user_id, key_hash in wanted:
-            info = keys.get(key_hash)
-            if info is None:
-                continue
-            dedupe = f"summary:{user_id}:{local_date}"
-            async with self.sessions() as session, session.begin():
+            for user_id, key_hash in wanted:
+                info = keys[key_hash]
+                dedupe = f"summary:{user_id}:{local_date}"
                 if await _queued(session, dedupe):
                     continue
                 limit = info.limit or Decimal(0)

@@ -367,6 +367,31 @@ async def test_quota_sweep_runs_on_its_schedule(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ daily summary
+async def test_daily_summary_queues_each_page_before_asking_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """Like the sweep, the summary holds one page of keys, not all: with page 2 of
+    GET /keys failing, page 1's summary is already queued; the next run adds the rest."""
+    async with running_env(tmp_path) as env:
+        ids = list(range(920_000, 920_150))
+        await _make_buyers(env, ids, Decimal("10.00"))
+        first, second = ids[0], ids[120]  # on page 1 and page 2
+        for user_id in (first, second):
+            await env.app.preferences.toggle(user_id, Preference.SUMMARY)
+        await env.orc.add_fault(
+            path="/api/v1/keys", method="GET", query={"offset": "100"}, status=503, count=None
+        )
+        now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+        with pytest.raises(OpenRouterError):
+            await env.app.alerts.run_daily_summary(now)
+        await env.orc.clear_faults()
+        summaries = [k for k in await _outbox_keys(env, "summary:") if ":2030-" in k]
+        assert summaries == [f"summary:{first}:2030-01-01"]
+        assert await env.app.alerts.run_daily_summary(now) == 1
+        summaries = [k for k in await _outbox_keys(env, "summary:") if ":2030-" in k]
+        assert sorted(summaries) == [f"summary:{u}:2030-01-01" for u in (first, second)]
+
+
 async def test_daily_summary_only_for_opted_in_and_once_per_day(tmp_path: Path) -> None:
     async with running_env(tmp_path, timezone="Pacific/Kiritimati") as env:  # UTC+14
         opted, silent = BUYER + 10, BUYER + 11
