@@ -131,7 +131,7 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
             starts, durations, bad = await post_all(url, bodies)
             deadline = started + 120
             while True:
-                async with env.app.sessions() as session:
+                async with env.app.read_sessions() as session:
                     done = (
                         await session.execute(
                             select(func.count())

@@ -6,9 +6,10 @@ to the outbox in it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,8 @@ from services.openrouter import KeyInfo
 from services.quota import last_known
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Buttons under a delivery: buy more, see the quota (callback data of core.callbacks.MenuCb).
 AFTER_DELIVERY = [
@@ -56,7 +59,11 @@ class AttemptRecords(LedgerReassert):
         target: Decimal,
         info: KeyInfo,
         created: bool,
-    ) -> None:
+        *,
+        then: Callable[[AsyncSession], Awaitable[T]],
+    ) -> T:
+        """Record the delivery, its message in the outbox, and ``then`` (the buyer's next
+        order, or letting go of the buyer) in one transaction; returns what ``then`` did."""
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
             order = await session.get(Order, order_id)
@@ -121,11 +128,13 @@ class AttemptRecords(LedgerReassert):
                     buttons=AFTER_DELIVERY,
                     **params,
                 )
+            following = await then(session)
         log.info(
             "delivered order=%s user=%s limit=%s new_key=%s", order_id, user_id, target, created
         )
         if paid_at is not None:  # counted once committed
             self.metrics.delivered((delivered_at - paid_at).total_seconds())
+        return following
 
     async def _await_funds(
         self,
