@@ -34,7 +34,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -49,6 +49,9 @@ from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
 
 LEDGER_ID = 1
+
+# Work done in the transaction that takes the funds lease (``SharedFunds.hold``).
+Prepare = Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -164,22 +167,24 @@ class SharedFunds:
             return await hold.measure()
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[FundsHold]:
-        """The funds lease for one raise of a limit; raises ``FundsBusy`` if not had in time.
+    async def hold(self, *, then: Prepare | None = None) -> AsyncIterator[FundsHold]:
+        """The funds lease for a batch of raises; raises ``FundsBusy`` if not had in time.
 
-        On the way out the raise (``spent``) is booked and the lease let go in one
+        ``then`` runs in the transaction that takes the lease (a batch reads what it
+        needs and re-asserts its buyers' leases there, saving a transaction per batch).
+        On the way out the raises (``spent``) are booked and the lease let go in one
         transaction. A holder that dies first books nothing, but leaves its name on the
         lease: whoever takes the expired lease over then measures afresh.
         """
         token = uuid.uuid4().hex
-        known = await self._acquire(token)
+        known = await self._acquire(token, then)
         hold = FundsHold(self, token, known)
         try:
             yield hold
         finally:
             await self._release(hold)
 
-    async def _acquire(self, token: str) -> Funds | None:
+    async def _acquire(self, token: str, then: Prepare | None = None) -> Funds | None:
         deadline = time.monotonic() + self.wait
         pause = 0.01
         while True:
@@ -208,6 +213,8 @@ class SharedFunds:
                             select(FundsLedger).where(FundsLedger.id == LEDGER_ID)
                         )
                     ).scalar_one()
+                    if then is not None:
+                        await then(session)
                     return _known(row)
             if time.monotonic() >= deadline:
                 raise FundsBusy("the funds lease is held elsewhere")
@@ -270,6 +277,7 @@ class FundsHold:
         self._known = known
         self.booked = Decimal(0)
         self.unsure = False
+        self.measured = False  # a network call since the lease was taken or confirmed
 
     async def headroom(self, needed: Decimal, *, fresh_after: datetime | None = None) -> Funds:
         """The shared figure: the balance re-read when older than the TTL (one call), the
@@ -304,6 +312,7 @@ class FundsHold:
                 session, self.token, available=credits.balance, balance_at=read_at
             )
         self._known = Funds(credits.balance, known.committed, known.measured_at, read_at)
+        self.measured = True
         return self._known
 
     async def measure(self) -> Funds:
@@ -319,11 +328,13 @@ class FundsHold:
                 balance_at=measured.balance_at,
             )
         self._known = measured
+        self.measured = True
         return measured
 
     async def confirm(self, session: AsyncSession) -> None:
         """Re-assert the lease in the caller's transaction, right before the PATCH."""
         await self._funds.fenced(session, self.token)
+        self.measured = False
 
     def spent(self, amount: Decimal) -> None:
         """A PATCH raised limits by ``amount``; booked into the shared figure on release."""

@@ -116,8 +116,12 @@ class BuyerLeasing:
 
     async def _release_user(self, user_id: int, token: str) -> None:
         async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(User)
-                .where(User.id == user_id, User.lease_owner == token)
-                .values(lease_owner=None, lease_until=None)
-            )
+            await self._let_go(session, user_id, token)
+
+    async def _let_go(self, session: AsyncSession, user_id: int, token: str) -> None:
+        """Drop the buyer's lease in the caller's transaction (only if still ours)."""
+        await session.execute(
+            update(User)
+            .where(User.id == user_id, User.lease_owner == token)
+            .values(lease_owner=None, lease_until=None)
+        )

@@ -61,6 +61,10 @@ def _future() -> asyncio.Future[KeyInfo | None]:
     return asyncio.get_running_loop().create_future()
 
 
+Outcomes = dict[int, KeyInfo | BaseException | None]  # order id -> how its raise ended
+
+Waiting = tuple[int, datetime | None, Decimal | None]  # an order waiting: id, paid_at, need
+
 # Records that an order waits for funds (the buyer's lease fenced); run inside the
 # batch so the next batch's queue sees it.
 WaitRecorder = Callable[[Raise, Decimal, Funds], Awaitable[None]]
@@ -99,7 +103,7 @@ class RaiseBatcher:
     async def _run(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            outcomes: dict[int, KeyInfo | BaseException | None] = {}
+            outcomes: Outcomes = {}
             try:
                 await self._batch(batch, outcomes)
             except BaseException as exc:
@@ -121,23 +125,32 @@ class RaiseBatcher:
                     raise
             _settle(batch, outcomes)
 
-    async def _batch(
-        self, batch: list[Raise], outcomes: dict[int, KeyInfo | BaseException | None]
-    ) -> None:
+    async def _batch(self, batch: list[Raise], outcomes: Outcomes) -> None:
         batch.sort(key=Raise.queue_key)
-        async with self.funds.hold() as hold:
-            approved = await self._judge(hold, batch, outcomes)
-            approved = await self._confirm(hold, approved, outcomes)
+        ready: list[Raise] = []
+        queue: list[Waiting] = []
+
+        async def prepare(session: AsyncSession) -> None:
+            # In the transaction that takes the funds lease: the funds queue outside this
+            # batch, and every buyer's lease re-asserted (judging is in memory, so unless
+            # a measurement goes over the network first, this is "right before the PATCH").
+            queue[:] = await _waiting_outside(session, batch)
+            ready[:] = await self._renew_buyers(session, batch, outcomes)
+
+        async with self.funds.hold(then=prepare) as hold:
+            approved = await self._judge(hold, ready, _ahead(queue), outcomes)
+            if approved and hold.measured:
+                approved = await self._confirm(hold, approved, outcomes)
             await asyncio.gather(*(self._patch(hold, r, outcomes) for r in approved))
 
     async def _judge(
         self,
         hold: FundsHold,
         batch: list[Raise],
-        outcomes: dict[int, KeyInfo | BaseException | None],
+        ahead_of: Callable[[Raise], Decimal],
+        outcomes: Outcomes,
     ) -> list[Raise]:
         """Judge each raise in queue order; record the ones that must wait."""
-        ahead_of = await self._queue_ahead(batch)
         approved: list[Raise] = []
         waited = Decimal(0)  # needs of this batch's orders sent to wait, ahead of later ones
         for request in batch:
@@ -160,75 +173,44 @@ class RaiseBatcher:
             approved.append(request)
         return approved
 
-    async def _queue_ahead(self, batch: list[Raise]) -> Callable[[Raise], Decimal]:
-        """What the orders waiting for funds outside this batch need ahead of each raise
-        (queue.queued_before, read once for the batch)."""
-        mine = [request.order_id for request in batch]
-        async with self.reads() as session:
-            rows = (
-                await session.execute(
-                    select(Order.id, Order.paid_at, Order.funds_needed_usd).where(
-                        Order.status.in_(
-                            [OrderStatus.AWAITING_FUNDS.value, OrderStatus.FULFILLING.value]
-                        ),
-                        Order.funds_needed_usd.is_not(None),
-                        Order.id.not_in(mine),
-                    )
-                )
-            ).all()
+    async def _renew_buyers(
+        self, session: AsyncSession, requests: list[Raise], outcomes: Outcomes
+    ) -> list[Raise]:
+        """Re-assert each buyer's lease; one lost gets ``LeaseLost`` and raises nothing.
 
-        def ahead(request: Raise) -> Decimal:
-            # The same "ahead" as the SQL of queue.queued_before (a NULL paid_at there
-            # compares false).
-            total = Decimal(0)
-            for order_id, paid_at, need in rows:
-                if request.paid_at is None:
-                    before = order_id < request.order_id
-                elif paid_at is None:
-                    before = False
-                else:
-                    before = (paid_at, order_id) < (request.paid_at, request.order_id)
-                if before:
-                    total += need or Decimal(0)
-            return total
-
-        return ahead
+        A worker that stalled past its buyer's lease may have been overtaken by one that
+        delivered more; its older, lower absolute limit would take credit back."""
+        kept: list[Raise] = []
+        until = self.lease_until()
+        for request in requests:
+            result = await session.execute(
+                update(User)
+                .where(User.id == request.user_id, User.lease_owner == request.token)
+                .values(lease_until=until)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                kept.append(request)
+            else:
+                outcomes[request.order_id] = LeaseLost()
+        return kept
 
     async def _confirm(
-        self,
-        hold: FundsHold,
-        approved: list[Raise],
-        outcomes: dict[int, KeyInfo | BaseException | None],
+        self, hold: FundsHold, approved: list[Raise], outcomes: Outcomes
     ) -> list[Raise]:
-        """Re-assert every buyer's lease and the funds lease in one transaction, right
-        before the PATCHes. A worker that stalled past its buyer's lease may have been
-        overtaken by one that delivered more; its older, lower absolute limit would
-        take credit back, so it gets ``LeaseLost`` and PATCHes nothing."""
-        if not approved:
-            return []
-        kept: list[Raise] = []
+        """Both leases again, right before the PATCHes, after a measurement took time."""
         async with self.sessions() as session, session.begin():
-            until = self.lease_until()
-            for request in approved:
-                result = await session.execute(
-                    update(User)
-                    .where(User.id == request.user_id, User.lease_owner == request.token)
-                    .values(lease_until=until)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    kept.append(request)
-                else:
-                    hold.spent(-request.needed)  # not raised after all
-                    outcomes[request.order_id] = LeaseLost()
-            if kept:
-                await hold.confirm(session)
+            kept = await self._renew_buyers(session, approved, outcomes)
+            await hold.confirm(session)
+        for request in approved:
+            if request not in kept:
+                hold.spent(-request.needed)  # not raised after all
         return kept
 
     async def _patch(
         self,
         hold: FundsHold,
         request: Raise,
-        outcomes: dict[int, KeyInfo | BaseException | None],
+        outcomes: Outcomes,
     ) -> None:
         try:
             updated = await self.openrouter.set_key_limit(request.key_hash, request.target)
@@ -247,7 +229,40 @@ class RaiseBatcher:
         outcomes[request.order_id] = updated
 
 
-def _settle(batch: list[Raise], outcomes: dict[int, KeyInfo | BaseException | None]) -> None:
+async def _waiting_outside(session: AsyncSession, batch: list[Raise]) -> list[Waiting]:
+    """The orders waiting for funds that are not in this batch (queue.queued_before)."""
+    rows = await session.execute(
+        select(Order.id, Order.paid_at, Order.funds_needed_usd).where(
+            Order.status.in_([OrderStatus.AWAITING_FUNDS.value, OrderStatus.FULFILLING.value]),
+            Order.funds_needed_usd.is_not(None),
+            Order.id.not_in([request.order_id for request in batch]),
+        )
+    )
+    return [(order_id, paid_at, need) for order_id, paid_at, need in rows.all()]
+
+
+def _ahead(
+    rows: list[Waiting],
+) -> Callable[[Raise], Decimal]:
+    def ahead(request: Raise) -> Decimal:
+        # The same "ahead" as the SQL of queue.queued_before (a NULL paid_at there
+        # compares false).
+        total = Decimal(0)
+        for order_id, paid_at, need in rows:
+            if request.paid_at is None:
+                before = order_id < request.order_id
+            elif paid_at is None:
+                before = False
+            else:
+                before = (paid_at, order_id) < (request.paid_at, request.order_id)
+            if before:
+                total += need or Decimal(0)
+        return total
+
+    return ahead
+
+
+def _settle(batch: list[Raise], outcomes: Outcomes) -> None:
     for request in batch:
         if request.done.done():
             continue

@@ -145,12 +145,17 @@ class AttemptRecords(LedgerReassert):
         needed: Decimal,
         ahead: Decimal,
         funds: Funds,
+        *,
+        release: bool = False,
     ) -> None:
+        """``release``: let go of the buyer's lease in the same transaction."""
         # The real shortfall: a negative headroom is money the operator already owes the
         # keys, so it is topped up too (module docstring for ``ahead``).
         topup = ceil_cents(needed + ahead - funds.headroom)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
+            if release:
+                await self._let_go(session, user_id, token)
             await self._leave_fulfilling(
                 session,
                 order_id,
@@ -222,7 +227,11 @@ class AttemptRecords(LedgerReassert):
         token: str,
         attempts: int,
         exc: OpenRouterError,
+        *,
+        release: bool = False,
     ) -> None:
+        """``release``: let go of the buyer's lease in the same transaction (no window
+        in which the attempt is recorded but the buyer still held by a stopped worker)."""
         give_up = not exc.transient or attempts >= self.max_attempts
         failure: dict[str, Any] = {"error": str(exc), "attempts": attempts}
         if give_up:
@@ -247,6 +256,8 @@ class AttemptRecords(LedgerReassert):
                     failure["key_unconfirmed"] = str(reassert_error)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
+            if release:
+                await self._let_go(session, user_id, token)
             if give_up:
                 await self._leave_fulfilling(
                     session,

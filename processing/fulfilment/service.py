@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.clock import utcnow
 from core.metrics import Metrics
 from db import repo
-from db.models import ApiKey, Order, OrderStatus, User
+from db.models import ApiKey, Order, OrderStatus
 from db.status import CLAIMABLE
 from processing.fulfilment.keys import KEY_NAME_PREFIX, KeyCreation
 from processing.fulfilment.leasing import LeaseLost
@@ -49,6 +49,7 @@ class Attempt:
     paid_at: datetime | None
     delivered_sum: Decimal
     key_row: ApiKey | None
+    orphan_possible: bool | None  # key_intent's answer, when the claim recorded it
 
 
 class Fulfilment(AttemptRecords, KeyCreation):
@@ -196,6 +197,12 @@ class Fulfilment(AttemptRecords, KeyCreation):
                 .values(next_attempt_at=since)
             )
         for user_id in dict.fromkeys(user_id for _, user_id in waiting):  # queue order
+            busy = self._local.get(user_id)
+            if busy is not None:
+                # This process is finishing an attempt for the buyer (its funds batch is
+                # letting go): wait, so the re-check judges the order rather than skip it.
+                async with busy:
+                    pass
             await self.fulfil_user(user_id, funds_fresh_after=since)
         async with self.reads() as session:
             delivered = await count_orders(
@@ -269,11 +276,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
             attempt = await self._start(session, user_id, order_id, token)
             if attempt is not None:
                 return attempt
-        await session.execute(
-            update(User)
-            .where(User.id == user_id, User.lease_owner == token)
-            .values(lease_owner=None, lease_until=None)
-        )
+        await self._let_go(session, user_id, token)
         return None
 
     async def _start(
@@ -297,6 +300,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
         )
         if previous is None:
             return None
+        key_row = await repo.get_api_key(session, user_id)
         return Attempt(
             order_id=order_id,
             base=order.base_usd,
@@ -304,7 +308,12 @@ class Fulfilment(AttemptRecords, KeyCreation):
             told=order.funds_topup_usd,
             paid_at=order.paid_at,
             delivered_sum=await repo.delivered_base_sum(session, user_id),
-            key_row=await repo.get_api_key(session, user_id),
+            key_row=key_row,
+            # A new buyer's key is about to be created: its intent is recorded here
+            # rather than in a transaction of its own.
+            orphan_possible=(
+                None if key_row else await self.key_intent(session, user_id, order_id, token)
+            ),
         )
 
     # ------------------------------------------------------------- one order
@@ -320,7 +329,9 @@ class Fulfilment(AttemptRecords, KeyCreation):
         order_id = attempt.order_id
         target = attempt.delivered_sum + attempt.base
         try:
-            key_hash, new_key = await self._ensure_key(user_id, order_id, attempt.key_row, token)
+            key_hash, new_key = await self._ensure_key(
+                user_id, order_id, attempt.key_row, token, orphan_possible=attempt.orphan_possible
+            )
             created = new_key is not None
             # A key made just now is as POST /keys described it; only an older one is read.
             current = new_key or await self.openrouter.get_key(key_hash)
@@ -344,10 +355,12 @@ class Fulfilment(AttemptRecords, KeyCreation):
                 )
             )
         except OpenRouterError as exc:
-            await self._attempt_failed(order_id, user_id, token, attempt.attempts, exc)
-            return None, True
+            await self._attempt_failed(
+                order_id, user_id, token, attempt.attempts, exc, release=True
+            )
+            return None, False
         if updated is None:
-            return None, True  # waits for funds (recorded in the batch)
+            return None, False  # waits for funds (recorded, the buyer let go, in the batch)
 
         async def then(session: AsyncSession) -> Attempt | None:
             return await self._start_next_or_release(session, user_id, token)
@@ -366,6 +379,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
             request.needed,
             ahead,
             funds,
+            release=True,
         )
 
     async def funds(self) -> Funds:

@@ -1,0 +1,108 @@
+"""Many payments confirmed at once (issue 14 item 3): every buyer gets the key message
+and exactly the credit paid for, with few transactions per order and the funds lease
+taken once per batch of deliveries, not once per order.
+
+Counts, not timings (figures belong to bench/payments.py): the transactions the
+confirm → delivery path opens (the outbox sender's own are counted apart), and how
+often the funds lease was taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from tests.harness import Env, running_env
+
+FIRST_BUYER = 7_300_000
+BUYERS = 24
+
+
+@dataclass
+class Counts:
+    path: int = 0  # transactions of the confirm → delivery path
+    outbox: int = 0  # the outbox sender's (sending is paced per chat, counted apart)
+    funds_leases: int = 0
+
+
+@contextmanager
+def counting(env: Env) -> Iterator[Counts]:
+    counts = Counts()
+    sender = env.app.outbox
+    plain = sender.sessions
+
+    def outbox_session(**kw: Any) -> Any:
+        return plain(info={"outbox": True}, **kw)
+
+    def began(session: Session, _transaction: Any, _connection: Any) -> None:
+        if session.info.get("outbox"):
+            counts.outbox += 1
+        else:
+            counts.path += 1
+
+    def statement(_conn: Any, _cursor: Any, text: str, *_args: Any) -> None:
+        # The lease's acquiring UPDATE is the one that also decides whether to trust
+        # the stored figure (a CASE on the previous holder).
+        if text.lstrip().upper().startswith("UPDATE FUNDS_LEDGER") and "CASE" in text.upper():
+            counts.funds_leases += 1
+
+    sender.sessions = outbox_session  # type: ignore[assignment]
+    progress = sender.progress.service  # the sender's broadcast progress ticks
+    progress.sessions = outbox_session  # type: ignore[assignment]
+    event.listen(Session, "after_begin", began)
+    event.listen(env.app.engine.sync_engine, "before_cursor_execute", statement)
+    try:
+        yield counts
+    finally:
+        event.remove(Session, "after_begin", began)
+        event.remove(env.app.engine.sync_engine, "before_cursor_execute", statement)
+        sender.sessions = plain
+        progress.sessions = plain
+
+
+async def test_payments_at_once_are_delivered_in_batches(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        await env.orc.set_credits(Decimal("1000"))
+        buyers = [FIRST_BUYER + i for i in range(BUYERS)]
+        orders: dict[int, int] = {}
+        for start in range(0, BUYERS, 4):  # a few at a time: buying is not what is measured
+            chunk = buyers[start : start + 4]
+            placed = await asyncio.gather(*(env.buy(b) for b in chunk))
+            orders.update(zip(chunk, placed, strict=True))
+        payments = [(await env.order(o)).provider_payment_id for o in orders.values()]
+        await asyncio.sleep(0.5)  # the invoice screens' own writes are not counted
+        with counting(env) as counts:
+            await asyncio.gather(*(env.kx.pay(str(p)) for p in payments))
+            messages = await asyncio.gather(
+                *(env.delivered_message(b, o, timeout=60) for b, o in orders.items())
+            )
+
+        keys = {k["name"]: k for k in await env.orc.keys()}
+        # What each buyer saw: their own order's key message, with their own key.
+        for (buyer, order_id), message in zip(orders.items(), messages, strict=True):
+            assert f"Order #{order_id} delivered" in message["text"]
+            assert keys[f"tg-{buyer}"]["key"] in message["text"]
+        # The database: every order delivered once, each buyer's key at its ledger.
+        for buyer, order_id in orders.items():
+            order = await env.order(order_id)
+            assert order.status == "delivered"
+            kinds = [e.kind for e in await env.events(order_id)]
+            assert kinds.count("delivered") == 1
+            key = await env.api_key(buyer)
+            assert key is not None and key.limit_usd == order.base_usd
+            # The emulator: the key OpenRouter holds carries exactly what was paid for.
+            assert Decimal(str(keys[f"tg-{buyer}"]["limit"])) == order.base_usd
+        assert len(keys) == BUYERS
+
+        per_order = counts.path / BUYERS
+        assert per_order <= 6, (counts.path, counts.outbox)
+        # Once per batch: deliveries that reach the funds check together share a lease.
+        assert counts.funds_leases <= BUYERS // 2, counts.funds_leases
