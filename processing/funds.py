@@ -66,6 +66,14 @@ class Funds:
         return self.available - self.committed
 
 
+@dataclass(frozen=True)
+class Balance:
+    """One ``GET /credits`` answer, read for one holder of the lease."""
+
+    amount: Decimal  # total_credits - total_usage
+    read_at: datetime
+
+
 class FundsBusy(OpenRouterError):
     """The funds lease could not be had in time, or was lost: try the order again later."""
 
@@ -110,6 +118,12 @@ class SharedFunds:
                     remaining = key.limit - key.usage
                 committed += max(Decimal(0), remaining)
         return committed
+
+    async def read_balance(self) -> Balance:
+        """The balance now (one call); for ``hold(balance=...)``, never kept beyond it."""
+        read_at = utcnow()
+        credits = await self.openrouter.credits()
+        return Balance(credits.balance, read_at)
 
     async def relist_if_due(self) -> bool:
         """Job: list the keys when the figure is unknown or its listing older than
@@ -167,26 +181,36 @@ class SharedFunds:
             return await hold.measure()
 
     @contextlib.asynccontextmanager
-    async def hold(self, *, then: Prepare | None = None) -> AsyncIterator[FundsHold]:
+    async def hold(
+        self, *, then: Prepare | None = None, balance: Balance | None = None
+    ) -> AsyncIterator[FundsHold]:
         """The funds lease for a batch of raises; raises ``FundsBusy`` if not had in time.
 
         ``then`` runs in the transaction that takes the lease (a batch reads what it
         needs and re-asserts its buyers' leases there, saving a transaction per batch).
+        ``balance``: read by the caller just before (``read_balance``) for this hold
+        alone; it is stored with the lease and serves every check of this hold instead of
+        a read under the lease (see ``RaiseBatcher._batch`` for why that is as safe).
         On the way out the raises (``spent``) are booked and the lease let go in one
         transaction. A holder that dies first books nothing, but leaves its name on the
         lease: whoever takes the expired lease over then measures afresh.
         """
         token = uuid.uuid4().hex
-        known = await self._acquire(token, then)
-        hold = FundsHold(self, token, known)
+        known = await self._acquire(token, then, balance)
+        hold = FundsHold(self, token, known, balance_read=balance is not None)
         try:
             yield hold
         finally:
             await self._release(hold)
 
-    async def _acquire(self, token: str, then: Prepare | None = None) -> Funds | None:
+    async def _acquire(
+        self, token: str, then: Prepare | None, balance: Balance | None
+    ) -> Funds | None:
         deadline = time.monotonic() + self.wait
         pause = 0.01
+        fresh: dict[str, object] = {}
+        if balance is not None:
+            fresh = {"available": balance.amount, "balance_at": balance.read_at}
         while True:
             now = utcnow()
             async with self.sessions() as session, session.begin():
@@ -205,6 +229,7 @@ class SharedFunds:
                             (FundsLedger.lease_owner.is_(None), FundsLedger.measured_at),
                             else_=None,
                         ),
+                        **fresh,
                     )
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
@@ -271,10 +296,14 @@ def _known(row: FundsLedger) -> Funds | None:
 class FundsHold:
     """What the holder of the funds lease may do. Every write is fenced by the lease."""
 
-    def __init__(self, funds: SharedFunds, token: str, known: Funds | None) -> None:
+    def __init__(
+        self, funds: SharedFunds, token: str, known: Funds | None, *, balance_read: bool = False
+    ) -> None:
         self._funds = funds
         self.token = token
         self._known = known
+        # The balance was read for this hold (``hold(balance=...)``): no TTL applies to it.
+        self._balance_read = balance_read
         self.booked = Decimal(0)
         self.unsure = False
         self.measured = False  # a network call since the lease was taken or confirmed
@@ -291,8 +320,9 @@ class FundsHold:
         known = self._known
         if known is None:
             return await self.measure()
-        if known.balance_at is None or (utcnow() - known.balance_at).total_seconds() >= (
-            self._funds.ttl
+        if not self._balance_read and (
+            known.balance_at is None
+            or (utcnow() - known.balance_at).total_seconds() >= self._funds.ttl
         ):
             known = await self._read_balance(known)
         if needed <= known.headroom or (

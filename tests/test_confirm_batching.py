@@ -17,9 +17,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from core.clock import utcnow
+from db.models import FundsLedger
+from services.openrouter import Credits
 from tests.harness import Env, running_env
 
 FIRST_BUYER = 7_300_000
@@ -68,19 +71,25 @@ def counting(env: Env) -> Iterator[Counts]:
         progress.sessions = plain
 
 
+async def _place(env: Env, buyers: list[int]) -> tuple[dict[int, int], list[str]]:
+    """Orders placed (buyer -> order id) and their provider payment ids, not yet paid."""
+    orders: dict[int, int] = {}
+    for start in range(0, len(buyers), 4):  # a few at a time: buying is not measured
+        chunk = buyers[start : start + 4]
+        placed = await asyncio.gather(*(env.buy(b) for b in chunk))
+        orders.update(zip(chunk, placed, strict=True))
+    payments = [str((await env.order(o)).provider_payment_id) for o in orders.values()]
+    return orders, payments
+
+
 async def test_payments_at_once_are_delivered_in_batches(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
         await env.orc.set_credits(Decimal("1000"))
         buyers = [FIRST_BUYER + i for i in range(BUYERS)]
-        orders: dict[int, int] = {}
-        for start in range(0, BUYERS, 4):  # a few at a time: buying is not what is measured
-            chunk = buyers[start : start + 4]
-            placed = await asyncio.gather(*(env.buy(b) for b in chunk))
-            orders.update(zip(chunk, placed, strict=True))
-        payments = [(await env.order(o)).provider_payment_id for o in orders.values()]
+        orders, payments = await _place(env, buyers)
         await asyncio.sleep(0.5)  # the invoice screens' own writes are not counted
         with counting(env) as counts:
-            await asyncio.gather(*(env.kx.pay(str(p)) for p in payments))
+            await asyncio.gather(*(env.kx.pay(p) for p in payments))
             messages = await asyncio.gather(
                 *(env.delivered_message(b, o, timeout=60) for b, o in orders.items())
             )
@@ -106,3 +115,43 @@ async def test_payments_at_once_are_delivered_in_batches(tmp_path: Path) -> None
         assert per_order <= 6, (counts.path, counts.outbox)
         # Once per batch: deliveries that reach the funds check together share a lease.
         assert counts.funds_leases <= BUYERS // 2, counts.funds_leases
+
+
+async def test_the_balance_is_read_before_the_lease_once_per_batch(tmp_path: Path) -> None:
+    """GET /credits is read outside the funds lease (a slow answer must not hold up
+    every delivery behind the lease), exactly once per batch: never once per order,
+    never reused by a later batch (outside usage would be missed)."""
+    async with running_env(tmp_path) as env:
+        await env.orc.set_credits(Decimal("1000"))
+        client = env.app.fulfilment.shared_funds.openrouter
+        read = client.credits
+        under_lease: list[bool] = []
+
+        async def credits() -> Credits:
+            async with env.app.sessions() as session:
+                ledger = (await session.execute(select(FundsLedger))).scalar_one()
+            held = ledger.lease_until is not None and ledger.lease_until > utcnow()
+            under_lease.append(ledger.lease_owner is not None and held)
+            return await read()
+
+        orders, payments = await _place(env, [FIRST_BUYER + i for i in range(BUYERS + 1)])
+        first = next(iter(orders.items()))
+        await env.kx.pay(payments[0])  # measures the figure (a listing reads the balance)
+        await env.delivered_message(*first, timeout=60)
+        await asyncio.sleep(0.5)
+        client.credits = credits  # type: ignore[method-assign]
+        with counting(env) as counts:
+            await asyncio.gather(*(env.kx.pay(p) for p in payments[1:]))
+            for buyer, order_id in list(orders.items())[1:]:
+                await env.delivered_message(buyer, order_id, timeout=60)
+        during = len(under_lease)
+        # One more order later: its batch reads the balance again, not the last one's.
+        late = FIRST_BUYER + BUYERS + 1
+        order_id = await env.buy(late)
+        await env.pay(order_id)
+        await env.delivered_message(late, order_id, timeout=60)
+
+        assert not any(under_lease), under_lease
+        # Once per batch (a lease attempt that had to wait also counts as one there).
+        assert 0 < during <= counts.funds_leases < BUYERS, (during, counts.funds_leases)
+        assert len(under_lease) == during + 1

@@ -137,7 +137,20 @@ class RaiseBatcher:
             queue[:] = await _waiting_outside(session, batch)
             ready[:] = await self._renew_buyers(session, batch, outcomes)
 
-        async with self.funds.hold(then=prepare) as hold:
+        # The balance (GET /credits) is read here, once for this batch and never for
+        # another, before the funds lease rather than under it: a network call under
+        # the lease holds up every delivery of every replica behind it, and under
+        # OpenRouter faults they queued past their leases (docs/reliability.md). It is
+        # as safe: usage outside buyers' keys can lower the balance at any moment, just
+        # after a read under the lease as well as just after this one, so a read 1 ms
+        # before the lease is exactly as fresh. Raises other holders booked in between
+        # are in the ledger's committed figure, which is read under the lease, so
+        # headroom = this balance − committed still counts every raise. Only a balance
+        # reused across batches or kept for seconds would miss outside usage
+        # (FUNDS_BALANCE_TTL_SECONDS > 0 allows that, and then the lease's holder reads
+        # it when due, as before).
+        balance = await self.funds.read_balance() if self.funds.ttl <= 0 else None
+        async with self.funds.hold(then=prepare, balance=balance) as hold:
             approved = await self._judge(hold, ready, _ahead(queue), outcomes)
             if approved and hold.measured:
                 approved = await self._confirm(hold, approved, outcomes)
