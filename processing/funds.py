@@ -66,14 +66,6 @@ class Funds:
         return self.available - self.committed
 
 
-@dataclass(frozen=True)
-class Balance:
-    """One ``GET /credits`` answer, read for one holder of the lease."""
-
-    amount: Decimal  # total_credits - total_usage
-    read_at: datetime
-
-
 class FundsBusy(OpenRouterError):
     """The funds lease could not be had in time, or was lost: try the order again later."""
 
@@ -118,12 +110,6 @@ class SharedFunds:
                     remaining = key.limit - key.usage
                 committed += max(Decimal(0), remaining)
         return committed
-
-    async def read_balance(self) -> Balance:
-        """The balance now (one call); for ``hold(balance=...)``, never kept beyond it."""
-        read_at = utcnow()
-        credits = await self.openrouter.credits()
-        return Balance(credits.balance, read_at)
 
     async def relist_if_due(self) -> bool:
         """Job: list the keys when the figure is unknown or its listing older than
@@ -182,36 +168,48 @@ class SharedFunds:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, *, then: Prepare | None = None, balance: Balance | None = None
+        self, *, then: Prepare | None = None, read_balance: bool = False
     ) -> AsyncIterator[FundsHold]:
         """The funds lease for a batch of raises; raises ``FundsBusy`` if not had in time.
 
         ``then`` runs in the transaction that takes the lease (a batch reads what it
         needs and re-asserts its buyers' leases there, saving a transaction per batch).
-        ``balance``: read by the caller just before (``read_balance``) for this hold
-        alone; it is stored with the lease and serves every check of this hold instead of
-        a read under the lease (see ``RaiseBatcher._batch`` for why that is as safe).
+        ``read_balance``: the balance (``GET /credits``) is read right before the attempt
+        that takes the lease, outside it, and serves every check of this hold alone.
+
+        Why a balance read just before the lease is as safe as one read under it: usage
+        outside buyers' keys (the operator's own key, another app) can lower the balance
+        at any moment, just after a read under the lease as well as just after this one,
+        so a read a transaction's time before the lease is exactly as fresh. Raises that
+        other holders booked meanwhile are in the ledger's ``committed``, read under the
+        lease, so headroom = this balance − committed still counts every raise. What is
+        not allowed is a balance reused by another hold or kept for seconds (it missed
+        outside usage: test_ai_token_flow's test_awaiting_funds_then_resume), so a lease
+        that has to be waited for is tried each time with a balance read just before.
+        What it saves: the holder makes no network call before its PATCHes, so a slow
+        ``GET /credits`` (OpenRouter faults) no longer holds up every delivery of every
+        replica queued behind the lease (docs/reliability.md).
         On the way out the raises (``spent``) are booked and the lease let go in one
         transaction. A holder that dies first books nothing, but leaves its name on the
         lease: whoever takes the expired lease over then measures afresh.
         """
         token = uuid.uuid4().hex
-        known = await self._acquire(token, then, balance)
-        hold = FundsHold(self, token, known, balance_read=balance is not None)
+        known = await self._acquire(token, then, read_balance)
+        hold = FundsHold(self, token, known, balance_read=read_balance)
         try:
             yield hold
         finally:
             await self._release(hold)
 
-    async def _acquire(
-        self, token: str, then: Prepare | None, balance: Balance | None
-    ) -> Funds | None:
+    async def _acquire(self, token: str, then: Prepare | None, read_balance: bool) -> Funds | None:
         deadline = time.monotonic() + self.wait
         pause = 0.01
-        fresh: dict[str, object] = {}
-        if balance is not None:
-            fresh = {"available": balance.amount, "balance_at": balance.read_at}
         while True:
+            fresh: dict[str, object] = {}
+            if read_balance:  # before every attempt: never one read before a wait
+                read_at = utcnow()
+                credits = await self.openrouter.credits()
+                fresh = {"available": credits.balance, "balance_at": read_at}
             now = utcnow()
             async with self.sessions() as session, session.begin():
                 result = await session.execute(
@@ -302,7 +300,7 @@ class FundsHold:
         self._funds = funds
         self.token = token
         self._known = known
-        # The balance was read for this hold (``hold(balance=...)``): no TTL applies to it.
+        # The balance was read for this hold (``hold(read_balance=True)``): no TTL applies.
         self._balance_read = balance_read
         self.booked = Decimal(0)
         self.unsure = False

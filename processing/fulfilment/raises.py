@@ -102,11 +102,13 @@ class RaiseBatcher:
 
     async def _run(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            batch: list[Raise] = []  # taken when the lease is (see _batch)
             outcomes: Outcomes = {}
             try:
                 await self._batch(batch, outcomes)
             except BaseException as exc:
+                if not batch:  # failed before the lease: the next batch in line gets it
+                    batch[:] = self._take()
                 # Nothing is reported as done unless the lease was let go with the raises
                 # booked: then the deliveries retry, and an absolute limit cannot double.
                 outcomes = {
@@ -125,32 +127,31 @@ class RaiseBatcher:
                     raise
             _settle(batch, outcomes)
 
-    async def _batch(self, batch: list[Raise], outcomes: Outcomes) -> None:
+    def _take(self) -> list[Raise]:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         batch.sort(key=Raise.queue_key)
+        return batch
+
+    async def _batch(self, batch: list[Raise], outcomes: Outcomes) -> None:
+        """``batch`` is filled in the transaction that takes the lease: deliveries that
+        arrive while the balance is read or the lease awaited join it."""
         ready: list[Raise] = []
         queue: list[Waiting] = []
 
         async def prepare(session: AsyncSession) -> None:
+            batch[:] = self._take()
             # In the transaction that takes the funds lease: the funds queue outside this
             # batch, and every buyer's lease re-asserted (judging is in memory, so unless
             # a measurement goes over the network first, this is "right before the PATCH").
             queue[:] = await _waiting_outside(session, batch)
             ready[:] = await self._renew_buyers(session, batch, outcomes)
 
-        # The balance (GET /credits) is read here, once for this batch and never for
-        # another, before the funds lease rather than under it: a network call under
-        # the lease holds up every delivery of every replica behind it, and under
-        # OpenRouter faults they queued past their leases (docs/reliability.md). It is
-        # as safe: usage outside buyers' keys can lower the balance at any moment, just
-        # after a read under the lease as well as just after this one, so a read 1 ms
-        # before the lease is exactly as fresh. Raises other holders booked in between
-        # are in the ledger's committed figure, which is read under the lease, so
-        # headroom = this balance − committed still counts every raise. Only a balance
-        # reused across batches or kept for seconds would miss outside usage
-        # (FUNDS_BALANCE_TTL_SECONDS > 0 allows that, and then the lease's holder reads
-        # it when due, as before).
-        balance = await self.funds.read_balance() if self.funds.ttl <= 0 else None
-        async with self.funds.hold(then=prepare, balance=balance) as hold:
+        # The balance (GET /credits) is read once for this batch, right before the funds
+        # lease and not under it (SharedFunds.hold says why that is as safe). With
+        # FUNDS_BALANCE_TTL_SECONDS > 0 the operator allows reuse, and the holder reads
+        # it when due, as before.
+        fresh_balance = self.funds.ttl <= 0
+        async with self.funds.hold(then=prepare, read_balance=fresh_balance) as hold:
             approved = await self._judge(hold, ready, _ahead(queue), outcomes)
             if approved and hold.measured:
                 approved = await self._confirm(hold, approved, outcomes)
