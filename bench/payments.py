@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import tempfile
 import time
 from decimal import Decimal
@@ -119,7 +121,25 @@ class TransactionCount:
             self.count += 1
 
 
-async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _profiler(path: str | None) -> Any:
+    """A pyinstrument profiler started now (the confirm phase only), if asked for."""
+    if path is None:
+        return None
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+async def run_db(
+    orders: int, database_url: str | None, profile: str | None = None
+) -> dict[str, Any]:
     from tests.harness import running_env
 
     with tempfile.TemporaryDirectory() as tmp, database_env(database_url):
@@ -144,6 +164,8 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
             polls = read_session_factory(env.app.engine)
             transactions = TransactionCount()
             event.listen(Session, "after_begin", transactions.began)
+            profiler = _profiler(profile)
+            cpu = _cpu_seconds()
             started = time.monotonic()
             starts, durations, bad = await post_all(url, bodies)
             deadline = started + 120
@@ -160,7 +182,13 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
                     break
                 await asyncio.sleep(0.02)
             queued_elapsed = time.monotonic() - started
+            cpu = _cpu_seconds() - cpu
             event.remove(Session, "after_begin", transactions.began)
+            if profiler is not None and profile is not None:
+                profiler.stop()
+                html = profile.endswith(".html")
+                report = profiler.output_html() if html else profiler.output_text(show_all=False)
+                await asyncio.to_thread(Path(profile).write_text, report)
             # Paid -> key message queued (the outbox row, written with the delivery): the
             # bot's latency without the outbox's Telegram pacing (28 msg/s overall).
             async with polls(info={"bench": True}) as session:
@@ -206,13 +234,17 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
                 "callback_to_key_queued": summary_ms(to_queued),
                 "callback_to_key_sent": summary_ms(to_sent),
                 "transactions_per_order": round(transactions.count / max(1, len(placed)), 2),
+                # The whole process (bot, emulators, the bench's polling) from the first
+                # callback to the last delivery: robust to other work on the machine.
+                "cpu_ms_per_order": round(cpu * 1000 / max(1, len(placed)), 1),
+                "load_1min_at_end": os.getloadavg()[0],
                 "key_messages_missing": missing,
                 "ceiling": await ceiling(bodies, secret),
             }
 
 
-async def run(orders: int, *, postgres: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"orders": orders, "sqlite": await run_db(orders, None)}
+async def run(orders: int, *, postgres: bool, profile: str | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"orders": orders, "sqlite": await run_db(orders, None, profile)}
     if postgres and pg_available():
         result["postgresql"] = await run_db(orders, PG_BENCH_URL)
     else:
@@ -231,9 +263,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--orders", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument(
+        "--profile",
+        help="write a pyinstrument profile of the SQLite run's confirm phase (.html or text)",
+    )
     args = parser.parse_args(argv)
     orders = args.orders or (30 if args.quick else 200)
-    result = {"machine": machine(), **asyncio.run(run(orders, postgres=not args.no_pg))}
+    run_all = run(orders, postgres=not args.no_pg, profile=args.profile)
+    result = {"machine": machine(), **asyncio.run(run_all)}
     save("payments", result, quick=args.quick)
     print_json(result)
     return result
