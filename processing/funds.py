@@ -5,9 +5,10 @@ total_credits − total_usage) must cover what buyer keys may already spend plus
 raise. The two halves are kept differently, because they cost differently:
 
 - **The balance** is one call. It is read afresh whenever the kept one is older than
-  ``ttl`` seconds (FUNDS_BALANCE_TTL_SECONDS, default 0: on every check), so usage
-  *outside* buyers' keys — the operator's own key, another app on the account —
-  lowers the headroom at once, with no listing.
+  ``ttl`` seconds (FUNDS_BALANCE_TTL_SECONDS, default 0: for every batch of raises,
+  right before the lease is taken, see ``hold``), so usage *outside* buyers' keys — the
+  operator's own key, another app on the account — lowers the headroom at once, with
+  no listing.
 - **What buyer keys may still spend** (``committed``, Σ limit_remaining) means listing
   every key: O(buyers) calls, 1,000 at 100,000 buyers. So it comes from our own ledger:
   the last full listing plus every raise we made since. That stays an upper bound with
