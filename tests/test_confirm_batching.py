@@ -116,7 +116,7 @@ async def test_payments_at_once_are_delivered_in_batches(tmp_path: Path) -> None
         per_order = counts.path / BUYERS
         assert per_order <= 6, (counts.path, counts.outbox)
         # Once per batch: deliveries that reach the funds check together share a lease.
-        # (How many arrive together depends on timing: 11-16 leases for 24 here.)
+        # (How many arrive together depends on timing: 13 and 16 leases for 24 seen here.)
         assert counts.funds_leases < BUYERS, counts.funds_leases
 
 
