@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import tempfile
 import time
 from decimal import Decimal
@@ -25,7 +27,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from bench.common import (
     PG_BENCH_URL,
@@ -38,7 +41,8 @@ from bench.common import (
     summary_ms,
 )
 from bench.load_side import ChatWakeups, Driver, buy_flow, drive, has_text
-from db.models import Order
+from db.engine import read_session_factory
+from db.models import Order, OutboxMessage
 from sandbox.common import LOOPBACK, dumps
 from sandbox.kryptoexpress import sign_callback
 from services.payments.kryptoexpress import verify_signature as verify_kryptoexpress
@@ -106,7 +110,39 @@ async def ceiling(bodies: list[tuple[bytes, str]], secret: str) -> dict[str, Any
     }
 
 
-async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
+class TransactionCount:
+    """Every transaction the bot's sessions begin (the outbox sender's included)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def began(self, session: Session, _transaction: Any, _connection: Any) -> None:
+        if not session.info.get("bench"):
+            self.count += 1
+
+
+BUY_CHUNK = 100
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _profiler(path: str | None) -> Any:
+    """A pyinstrument profiler started now (the confirm phase only), if asked for."""
+    if path is None:
+        return None
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+async def run_db(
+    orders: int, database_url: str | None, profile: str | None = None
+) -> dict[str, Any]:
     from tests.harness import running_env
 
     with tempfile.TemporaryDirectory() as tmp, database_env(database_url):
@@ -115,7 +151,10 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
             clock = UpdateClock(env.sandbox.telegram)
             driver = Driver(env.sandbox.telegram, env.tg, clock, ChatWakeups(env.sandbox.telegram))
             buyers = list(range(FIRST_BUYER, FIRST_BUYER + orders))
-            await drive(driver, buyers, package_flow)
+            # Buying is not what is measured: buyers go through the flow BUY_CHUNK at a
+            # time (1,000 at once time out on their steps), then all callbacks at once.
+            for start in range(0, len(buyers), BUY_CHUNK):
+                await drive(driver, buyers[start : start + BUY_CHUNK], package_flow)
             placed = [o for o in await env.orders() if o.provider_payment_id]
             emulator = env.sandbox.kryptoexpress
             secret = env.sandbox.callback_secret
@@ -127,11 +166,17 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
                 bodies.append((body, sign_callback(secret, body)))
 
             url = f"http://{LOOPBACK}:{env.app.web_port}{CALLBACK_PATH}"
+            # The bench's own polling reads are not the bot's transactions.
+            polls = read_session_factory(env.app.engine)
+            transactions = TransactionCount()
+            event.listen(Session, "after_begin", transactions.began)
+            profiler = _profiler(profile)
+            cpu = _cpu_seconds()
             started = time.monotonic()
             starts, durations, bad = await post_all(url, bodies)
             deadline = started + 120
             while True:
-                async with env.app.sessions() as session:
+                async with polls(info={"bench": True}) as session:
                     done = (
                         await session.execute(
                             select(func.count())
@@ -143,6 +188,30 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
                     break
                 await asyncio.sleep(0.02)
             queued_elapsed = time.monotonic() - started
+            cpu = _cpu_seconds() - cpu
+            event.remove(Session, "after_begin", transactions.began)
+            if profiler is not None and profile is not None:
+                profiler.stop()
+                html = profile.endswith(".html")
+                report = profiler.output_html() if html else profiler.output_text(show_all=False)
+                await asyncio.to_thread(Path(profile).write_text, report)
+            # Paid -> key message queued (the outbox row, written with the delivery): the
+            # bot's latency without the outbox's Telegram pacing (28 msg/s overall).
+            async with polls(info={"bench": True}) as session:
+                queued_at = dict(
+                    (
+                        await session.execute(
+                            select(OutboxMessage.dedupe_key, OutboxMessage.created_at).where(
+                                OutboxMessage.dedupe_key.like("delivered:%")
+                            )
+                        )
+                    ).all()
+                )
+            to_queued = [
+                queued_at[f"delivered:{order.id}"].timestamp() - start
+                for order, start in zip(placed, starts, strict=True)
+                if f"delivered:{order.id}" in queued_at
+            ]
 
             # Key message SENT: the emulator's event time of the "delivered" message.
             to_sent: list[float] = []
@@ -168,14 +237,20 @@ async def run_db(orders: int, database_url: str | None) -> dict[str, Any]:
                 "confirmations_per_s": round(int(done) / queued_elapsed, 1),
                 "seconds_to_all_queued": round(queued_elapsed, 3),
                 "callback_http": summary_ms(durations),
+                "callback_to_key_queued": summary_ms(to_queued),
                 "callback_to_key_sent": summary_ms(to_sent),
+                "transactions_per_order": round(transactions.count / max(1, len(placed)), 2),
+                # The whole process (bot, emulators, the bench's polling) from the first
+                # callback to the last delivery: robust to other work on the machine.
+                "cpu_ms_per_order": round(cpu * 1000 / max(1, len(placed)), 1),
+                "load_1min_at_end": os.getloadavg()[0],
                 "key_messages_missing": missing,
                 "ceiling": await ceiling(bodies, secret),
             }
 
 
-async def run(orders: int, *, postgres: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"orders": orders, "sqlite": await run_db(orders, None)}
+async def run(orders: int, *, postgres: bool, profile: str | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"orders": orders, "sqlite": await run_db(orders, None, profile)}
     if postgres and pg_available():
         result["postgresql"] = await run_db(orders, PG_BENCH_URL)
     else:
@@ -194,9 +269,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--orders", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument(
+        "--profile",
+        help="write a pyinstrument profile of the SQLite run's confirm phase (.html or text)",
+    )
     args = parser.parse_args(argv)
     orders = args.orders or (30 if args.quick else 200)
-    result = {"machine": machine(), **asyncio.run(run(orders, postgres=not args.no_pg))}
+    run_all = run(orders, postgres=not args.no_pg, profile=args.profile)
+    result = {"machine": machine(), **asyncio.run(run_all)}
     save("payments", result, quick=args.quick)
     print_json(result)
     return result

@@ -242,24 +242,37 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
             "until every order is `delivered` (key created, limit set, key message "
             "queued in the same transaction). *Callback → key sent* ends at the Telegram "
             "emulator's record of the delivery message; the outbox paces sends at ≤ 30/s, "
-            "so for many buyers at once this includes the queue for Telegram's limit. The "
+            "so for many buyers at once this includes the queue for Telegram's limit; "
+            "*callback → key queued* ends when the key message's outbox row is written "
+            "(the bot's own latency, issue 14's target). *Tx/order* counts every "
+            "transaction the bot's sessions began during the run (outbox sender included) "
+            "per order. *CPU ms/order* is the whole process's CPU (bot, emulators, bench "
+            "polling) from the first callback to the last delivery, per order, with the "
+            "1-minute load average at the end. The "
             "ceiling is an aiohttp handler that only verifies the signature "
             "(`services.payments.kryptoexpress.verify_signature`) on the same bodies sent "
             "the same way.\n"
         )
         add(
-            "| database | confirmations/s | callback HTTP p50 / p99 | callback → key sent "
-            "p50 / p99 | ceiling verifications/s | ratio |"
+            "| database | confirmations/s | callback HTTP p50 / p99 | callback → key queued "
+            "p50 / p99 | callback → key sent p50 / p99 | tx/order | CPU ms/order (load) "
+            "| ceiling verifications/s | ratio |"
         )
-        add("|---|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in ("sqlite", "postgresql"):
             f = payments.get(name)
             if not f:
-                add(f"| {name} | not run (database unavailable) | | | | |")
+                add(f"| {name} | not run (database unavailable) | | | | | | | |")
                 continue
+            queued = f.get("callback_to_key_queued")
+            cpu = f.get("cpu_ms_per_order")
+            load_avg = f.get("load_1min_at_end")
+            cpu_cell = "—" if cpu is None or load_avg is None else f"{cpu} ({load_avg:.1f})"
             add(
                 f"| {name} | {f['confirmations_per_s']} | {_ms(f['callback_http'])} | "
-                f"{_ms(f['callback_to_key_sent'])} | {f['ceiling']['verified_per_s']} | "
+                f"{_ms(queued) if queued else '—'} | {_ms(f['callback_to_key_sent'])} | "
+                f"{f.get('transactions_per_order', '—')} | {cpu_cell} | "
+                f"{f['ceiling']['verified_per_s']} | "
                 f"{f['ratio_to_ceiling']} |"
             )
         add("")

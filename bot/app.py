@@ -35,7 +35,7 @@ from bot.profile import BotProfile
 from bot.settings import ConfigError, Settings
 from core.callbacks import AdminFundsCb, AdminOrderCb
 from core.metrics import Metrics
-from db.engine import create_engine, session_factory
+from db.engine import create_engine, read_session_factory, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
 from processing.admin_ops import AdminOps
@@ -92,6 +92,7 @@ class BotApp:
         self.metrics = Metrics()
         self.engine = create_engine(s.database_url)
         self.sessions = session_factory(self.engine)
+        self.read_sessions = read_session_factory(self.engine)
         self.vault = KeyVault(_secret(s.encryption_key) or "")
 
         self.openrouter = OpenRouterClient(
@@ -147,6 +148,7 @@ class BotApp:
             self.notifier,
             lease=timedelta(seconds=s.fulfilment_lease_seconds),
             funds_lease=timedelta(seconds=s.funds_lease_seconds),
+            reads=self.read_sessions,
             funds_recheck=timedelta(seconds=s.funds_recheck_seconds),
             funds_remeasure=timedelta(seconds=s.funds_remeasure_seconds),
             funds_ttl=float(s.funds_balance_ttl_seconds),

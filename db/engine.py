@@ -1,9 +1,15 @@
 """Engine and session factory for SQLite (default) and PostgreSQL.
 
 SQLite: WAL (readers don't block the writer), a busy timeout, and every transaction
-started with BEGIN IMMEDIATE so it takes the write lock up front — a deferred
-transaction that reads and then writes can fail on lock upgrade ("database is
+that may write started with BEGIN IMMEDIATE so it takes the write lock up front — a
+deferred transaction that reads and then writes can fail on lock upgrade ("database is
 locked") whatever the busy timeout; an immediate one just waits its turn.
+
+Sessions that only read come from ``read_session_factory``: on SQLite they begin
+DEFERRED, so they read a WAL snapshot without queueing behind the single writer (a
+read-only lookup under load waited ~250 ms for the write lock it never needed). A
+write through such a session is refused before it reaches the database, so "read
+only" is enforced, not a convention.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option marking an engine view (and so its connections) as read-only.
+READ_ONLY = "app_read_only"
+# What a read-only session may run: queries and transaction control (no DML/DDL).
+_READ_VERBS = frozenset(
+    {"SELECT", "WITH", "PRAGMA", "SHOW", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"}
+)
+
+
+class ReadOnlyViolation(RuntimeError):
+    """A statement that may write was run through a read-only session."""
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -33,8 +49,22 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         )
         _install_sqlite_pragmas(engine)
-        return engine
-    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    else:
+        engine = create_async_engine(
+            url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10
+        )
+    _install_read_only_guard(engine)
+    return engine
+
+
+def _install_read_only_guard(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _guard(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not conn.get_execution_options().get(READ_ONLY):
+            return
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        if verb not in _READ_VERBS:
+            raise ReadOnlyViolation(f"write in a read-only session: {statement[:60]}")
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
@@ -52,11 +82,18 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers take a snapshot (deferred); writers queue for the lock up front.
+        read_only = conn.get_execution_options().get(READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reading only (module docstring): same pool, no write lock on SQLite."""
+    return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 async def wipe_postgres(url: str) -> None:

@@ -5,9 +5,10 @@ total_credits − total_usage) must cover what buyer keys may already spend plus
 raise. The two halves are kept differently, because they cost differently:
 
 - **The balance** is one call. It is read afresh whenever the kept one is older than
-  ``ttl`` seconds (FUNDS_BALANCE_TTL_SECONDS, default 0: on every check), so usage
-  *outside* buyers' keys — the operator's own key, another app on the account —
-  lowers the headroom at once, with no listing.
+  ``ttl`` seconds (FUNDS_BALANCE_TTL_SECONDS, default 0: for every batch of raises,
+  right before the lease is taken, see ``hold``), so usage *outside* buyers' keys — the
+  operator's own key, another app on the account — lowers the headroom at once, with
+  no listing.
 - **What buyer keys may still spend** (``committed``, Σ limit_remaining) means listing
   every key: O(buyers) calls, 1,000 at 100,000 buyers. So it comes from our own ledger:
   the last full listing plus every raise we made since. That stays an upper bound with
@@ -34,7 +35,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -49,6 +50,9 @@ from services.errors import OpenRouterError
 from services.openrouter import OpenRouterClient
 
 LEDGER_ID = 1
+
+# Work done in the transaction that takes the funds lease (``SharedFunds.hold``).
+Prepare = Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -164,25 +168,49 @@ class SharedFunds:
             return await hold.measure()
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[FundsHold]:
-        """The funds lease for one raise of a limit; raises ``FundsBusy`` if not had in time.
+    async def hold(
+        self, *, then: Prepare | None = None, read_balance: bool = False
+    ) -> AsyncIterator[FundsHold]:
+        """The funds lease for a batch of raises; raises ``FundsBusy`` if not had in time.
 
-        On the way out the raise (``spent``) is booked and the lease let go in one
+        ``then`` runs in the transaction that takes the lease (a batch reads what it
+        needs and re-asserts its buyers' leases there, saving a transaction per batch).
+        ``read_balance``: the balance (``GET /credits``) is read right before the attempt
+        that takes the lease, outside it, and serves every check of this hold alone.
+
+        Why a balance read just before the lease is as safe as one read under it: usage
+        outside buyers' keys (the operator's own key, another app) can lower the balance
+        at any moment, just after a read under the lease as well as just after this one,
+        so a read a transaction's time before the lease is exactly as fresh. Raises that
+        other holders booked meanwhile are in the ledger's ``committed``, read under the
+        lease, so headroom = this balance − committed still counts every raise. What is
+        not allowed is a balance reused by another hold or kept for seconds (it missed
+        outside usage: test_ai_token_flow's test_awaiting_funds_then_resume), so a lease
+        that has to be waited for is tried each time with a balance read just before.
+        What it saves: the holder makes no network call before its PATCHes, so a slow
+        ``GET /credits`` (OpenRouter faults) no longer holds up every delivery of every
+        replica queued behind the lease (docs/reliability.md).
+        On the way out the raises (``spent``) are booked and the lease let go in one
         transaction. A holder that dies first books nothing, but leaves its name on the
         lease: whoever takes the expired lease over then measures afresh.
         """
         token = uuid.uuid4().hex
-        known = await self._acquire(token)
-        hold = FundsHold(self, token, known)
+        known = await self._acquire(token, then, read_balance)
+        hold = FundsHold(self, token, known, balance_read=read_balance)
         try:
             yield hold
         finally:
             await self._release(hold)
 
-    async def _acquire(self, token: str) -> Funds | None:
+    async def _acquire(self, token: str, then: Prepare | None, read_balance: bool) -> Funds | None:
         deadline = time.monotonic() + self.wait
         pause = 0.01
         while True:
+            fresh: dict[str, object] = {}
+            if read_balance:  # before every attempt: never one read before a wait
+                read_at = utcnow()
+                credits = await self.openrouter.credits()
+                fresh = {"available": credits.balance, "balance_at": read_at}
             now = utcnow()
             async with self.sessions() as session, session.begin():
                 result = await session.execute(
@@ -200,6 +228,7 @@ class SharedFunds:
                             (FundsLedger.lease_owner.is_(None), FundsLedger.measured_at),
                             else_=None,
                         ),
+                        **fresh,
                     )
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
@@ -208,6 +237,8 @@ class SharedFunds:
                             select(FundsLedger).where(FundsLedger.id == LEDGER_ID)
                         )
                     ).scalar_one()
+                    if then is not None:
+                        await then(session)
                     return _known(row)
             if time.monotonic() >= deadline:
                 raise FundsBusy("the funds lease is held elsewhere")
@@ -264,12 +295,17 @@ def _known(row: FundsLedger) -> Funds | None:
 class FundsHold:
     """What the holder of the funds lease may do. Every write is fenced by the lease."""
 
-    def __init__(self, funds: SharedFunds, token: str, known: Funds | None) -> None:
+    def __init__(
+        self, funds: SharedFunds, token: str, known: Funds | None, *, balance_read: bool = False
+    ) -> None:
         self._funds = funds
         self.token = token
         self._known = known
+        # The balance was read for this hold (``hold(read_balance=True)``): no TTL applies.
+        self._balance_read = balance_read
         self.booked = Decimal(0)
         self.unsure = False
+        self.measured = False  # a network call since the lease was taken or confirmed
 
     async def headroom(self, needed: Decimal, *, fresh_after: datetime | None = None) -> Funds:
         """The shared figure: the balance re-read when older than the TTL (one call), the
@@ -283,8 +319,9 @@ class FundsHold:
         known = self._known
         if known is None:
             return await self.measure()
-        if known.balance_at is None or (utcnow() - known.balance_at).total_seconds() >= (
-            self._funds.ttl
+        if not self._balance_read and (
+            known.balance_at is None
+            or (utcnow() - known.balance_at).total_seconds() >= self._funds.ttl
         ):
             known = await self._read_balance(known)
         if needed <= known.headroom or (
@@ -304,6 +341,7 @@ class FundsHold:
                 session, self.token, available=credits.balance, balance_at=read_at
             )
         self._known = Funds(credits.balance, known.committed, known.measured_at, read_at)
+        self.measured = True
         return self._known
 
     async def measure(self) -> Funds:
@@ -319,11 +357,13 @@ class FundsHold:
                 balance_at=measured.balance_at,
             )
         self._known = measured
+        self.measured = True
         return measured
 
     async def confirm(self, session: AsyncSession) -> None:
         """Re-assert the lease in the caller's transaction, right before the PATCH."""
         await self._funds.fenced(session, self.token)
+        self.measured = False
 
     def spent(self, amount: Decimal) -> None:
         """A PATCH raised limits by ``amount``; booked into the shared figure on release."""

@@ -7,7 +7,9 @@ Runs on a temp SQLite file; the PostgreSQL cases run when TEST_DATABASE_URL is s
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -27,7 +29,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.engine import create_engine, wipe_postgres
+from db.engine import (
+    ReadOnlyViolation,
+    create_engine,
+    read_session_factory,
+    session_factory,
+    wipe_postgres,
+)
 from db.migrate import alembic_config, downgrade_to, upgrade_to_head
 from db.models import Base
 from db.types import Money, UTCDateTime
@@ -196,6 +204,45 @@ async def test_sqlite_foreign_keys_are_enforced(sqlite_engine: AsyncEngine) -> N
                 ),
                 {"at": now},
             )
+
+
+async def test_sqlite_reads_do_not_wait_for_the_writer(
+    sqlite_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A read-only session reads its WAL snapshot while another connection holds the
+    write lock; a writer's session still queues for the lock (BEGIN IMMEDIATE)."""
+    await upgrade_to_head(sqlite_engine)
+    reads = read_session_factory(sqlite_engine)
+    writes = session_factory(sqlite_engine)
+    holder = sqlite3.connect(tmp_path / "types.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer, mid-transaction
+        async with reads() as session:
+            count = await asyncio.wait_for(
+                session.scalar(text("SELECT count(*) FROM users")), timeout=2
+            )
+        assert count == 0
+
+        async def write() -> None:
+            async with writes() as session, session.begin():
+                await session.execute(text("SELECT count(*) FROM users"))
+
+        writer = asyncio.create_task(write())
+        await asyncio.sleep(0.5)
+        assert not writer.done()  # waiting for the lock the holder keeps
+        holder.execute("COMMIT")
+        await asyncio.wait_for(writer, timeout=5)
+    finally:
+        holder.close()
+
+
+async def test_read_only_sessions_refuse_writes(engine: AsyncEngine) -> None:
+    await upgrade_to_head(engine)
+    with pytest.raises(ReadOnlyViolation):
+        async with read_session_factory(engine)() as session, session.begin():
+            await session.execute(text("UPDATE users SET language = 'en'"))
+    async with session_factory(engine)() as session, session.begin():
+        await session.execute(text("UPDATE users SET language = 'en'"))
 
 
 # ----------------------------------------------------------------- column types

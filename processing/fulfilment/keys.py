@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.clock import utcnow
 from db import repo
@@ -41,7 +42,13 @@ class KeyCreation(BuyerLeasing):
     vault: KeyVault
 
     async def _ensure_key(
-        self, user_id: int, order_id: int, key_row: ApiKey | None, token: str
+        self,
+        user_id: int,
+        order_id: int,
+        key_row: ApiKey | None,
+        token: str,
+        *,
+        orphan_possible: bool | None = None,
     ) -> tuple[str, KeyInfo | None]:
         """The buyer's key hash, and the new key's info when this call created it.
 
@@ -49,35 +56,18 @@ class KeyCreation(BuyerLeasing):
         another when it surely made no key. Only a start with neither a stored key nor
         that refusal after it — a timeout, a lost answer, a crash between the POST and
         the record — may have left an orphan, and only then is the key list (O(buyers)
-        calls) read to find it."""
+        calls) read to find it. ``orphan_possible``: the caller already committed the
+        start (``key_intent``, in the transaction that claimed the order) and this is
+        what it found."""
         if key_row is not None:
             return key_row.openrouter_hash, None
         name = key_name(user_id)
         actor = f"worker:{token[:8]}"
-        async with self.sessions() as session, session.begin():
-            await self._renew(session, user_id, token)
-            # How did this buyer's last attempt to create a key end?
-            last = (
-                await session.execute(
-                    select(OrderEvent.kind)
-                    .join(Order, Order.id == OrderEvent.order_id)
-                    .where(
-                        Order.user_id == user_id,
-                        OrderEvent.kind.in_((KEY_CREATE_STARTED, KEY_CREATE_REFUSED)),
-                    )
-                    .order_by(OrderEvent.id.desc())
-                    .limit(1)
-                )
-            ).scalar_one_or_none()
-            repo.add_event(
-                session,
-                order_id,
-                KEY_CREATE_STARTED,
-                actor=actor,
-                status=OrderStatus.FULFILLING.value,
-                detail={"name": name},
-            )
-        if last == KEY_CREATE_STARTED:
+        if orphan_possible is None:
+            async with self.sessions() as session, session.begin():
+                await self._renew(session, user_id, token)
+                orphan_possible = await self.key_intent(session, user_id, order_id, token)
+        if orphan_possible:
             await self._clear_orphans(user_id, name)
         try:
             info, plaintext = await self.openrouter.create_key(name, Decimal("0"))
@@ -125,3 +115,31 @@ class KeyCreation(BuyerLeasing):
                 await self.openrouter.delete_key(orphan.hash)
             else:
                 log.error("orphan_key_with_credit user=%s hash=%s", user_id, orphan.hash[:12])
+
+    async def key_intent(
+        self, session: AsyncSession, user_id: int, order_id: int, token: str
+    ) -> bool:
+        """Record, in the caller's transaction, that this attempt is about to create the
+        buyer's key; True when the buyer's last such start has no refusal after it (an
+        earlier POST /keys with an unknown outcome: an orphan may exist)."""
+        last = (
+            await session.execute(
+                select(OrderEvent.kind)
+                .join(Order, Order.id == OrderEvent.order_id)
+                .where(
+                    Order.user_id == user_id,
+                    OrderEvent.kind.in_((KEY_CREATE_STARTED, KEY_CREATE_REFUSED)),
+                )
+                .order_by(OrderEvent.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        repo.add_event(
+            session,
+            order_id,
+            KEY_CREATE_STARTED,
+            actor=f"worker:{token[:8]}",
+            status=OrderStatus.FULFILLING.value,
+            detail={"name": key_name(user_id)},
+        )
+        return last == KEY_CREATE_STARTED

@@ -40,14 +40,18 @@ class BuyerLeasing:
     lease: timedelta
 
     async def _claim_user(self, user_id: int, token: str) -> bool:
-        now = utcnow()
         async with self.sessions() as session, session.begin():
-            result = await session.execute(
-                update(User)
-                .where(User.id == user_id, repo.lease_free(User.lease_until, now))
-                .values(lease_owner=token, lease_until=now + self.lease)
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            return await self._claim_user_in(session, user_id, token)
+
+    async def _claim_user_in(self, session: AsyncSession, user_id: int, token: str) -> bool:
+        """Take the buyer's lease in the caller's transaction, if no one holds it."""
+        now = utcnow()
+        result = await session.execute(
+            update(User)
+            .where(User.id == user_id, repo.lease_free(User.lease_until, now))
+            .values(lease_owner=token, lease_until=now + self.lease)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def _renew(self, session: AsyncSession, user_id: int, token: str) -> None:
         result = await session.execute(
@@ -112,8 +116,12 @@ class BuyerLeasing:
 
     async def _release_user(self, user_id: int, token: str) -> None:
         async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(User)
-                .where(User.id == user_id, User.lease_owner == token)
-                .values(lease_owner=None, lease_until=None)
-            )
+            await self._let_go(session, user_id, token)
+
+    async def _let_go(self, session: AsyncSession, user_id: int, token: str) -> None:
+        """Drop the buyer's lease in the caller's transaction (only if still ours)."""
+        await session.execute(
+            update(User)
+            .where(User.id == user_id, User.lease_owner == token)
+            .values(lease_owner=None, lease_until=None)
+        )

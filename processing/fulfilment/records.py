@@ -6,9 +6,10 @@ to the outbox in it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,8 @@ from services.openrouter import KeyInfo
 from services.quota import last_known
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Buttons under a delivery: buy more, see the quota (callback data of core.callbacks.MenuCb).
 AFTER_DELIVERY = [
@@ -56,7 +59,11 @@ class AttemptRecords(LedgerReassert):
         target: Decimal,
         info: KeyInfo,
         created: bool,
-    ) -> None:
+        *,
+        then: Callable[[AsyncSession], Awaitable[T]],
+    ) -> T:
+        """Record the delivery, its message in the outbox, and ``then`` (the buyer's next
+        order, or letting go of the buyer) in one transaction; returns what ``then`` did."""
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
             order = await session.get(Order, order_id)
@@ -121,11 +128,13 @@ class AttemptRecords(LedgerReassert):
                     buttons=AFTER_DELIVERY,
                     **params,
                 )
+            following = await then(session)
         log.info(
             "delivered order=%s user=%s limit=%s new_key=%s", order_id, user_id, target, created
         )
         if paid_at is not None:  # counted once committed
             self.metrics.delivered((delivered_at - paid_at).total_seconds())
+        return following
 
     async def _await_funds(
         self,
@@ -136,12 +145,17 @@ class AttemptRecords(LedgerReassert):
         needed: Decimal,
         ahead: Decimal,
         funds: Funds,
+        *,
+        release: bool = False,
     ) -> None:
+        """``release``: let go of the buyer's lease in the same transaction."""
         # The real shortfall: a negative headroom is money the operator already owes the
         # keys, so it is topped up too (module docstring for ``ahead``).
         topup = ceil_cents(needed + ahead - funds.headroom)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
+            if release:
+                await self._let_go(session, user_id, token)
             await self._leave_fulfilling(
                 session,
                 order_id,
@@ -213,7 +227,11 @@ class AttemptRecords(LedgerReassert):
         token: str,
         attempts: int,
         exc: OpenRouterError,
+        *,
+        release: bool = False,
     ) -> None:
+        """``release``: let go of the buyer's lease in the same transaction (no window
+        in which the attempt is recorded but the buyer still held by a stopped worker)."""
         give_up = not exc.transient or attempts >= self.max_attempts
         failure: dict[str, Any] = {"error": str(exc), "attempts": attempts}
         if give_up:
@@ -238,6 +256,8 @@ class AttemptRecords(LedgerReassert):
                     failure["key_unconfirmed"] = str(reassert_error)
         async with self.sessions() as session, session.begin():
             await self._renew(session, user_id, token)
+            if release:
+                await self._let_go(session, user_id, token)
             if give_up:
                 await self._leave_fulfilling(
                     session,

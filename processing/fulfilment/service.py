@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.clock import utcnow
 from core.metrics import Metrics
 from db import repo
-from db.models import Order, OrderStatus
+from db.models import ApiKey, Order, OrderStatus
 from db.status import CLAIMABLE
 from processing.fulfilment.keys import KEY_NAME_PREFIX, KeyCreation
 from processing.fulfilment.leasing import LeaseLost
@@ -24,8 +25,8 @@ from processing.fulfilment.queue import (
     count_orders,
     due_for_fulfilment,
     next_for_buyer,
-    queued_before,
 )
+from processing.fulfilment.raises import Raise, RaiseBatcher
 from processing.fulfilment.records import AttemptRecords
 from processing.funds import Funds, SharedFunds
 from services.errors import OpenRouterError
@@ -35,6 +36,20 @@ from services.openrouter import OpenRouterClient
 from services.vault import KeyVault
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An order claimed for one attempt, with what the claiming transaction read."""
+
+    order_id: int
+    base: Decimal
+    attempts: int
+    told: Decimal | None
+    paid_at: datetime | None
+    delivered_sum: Decimal
+    key_row: ApiKey | None
+    orphan_possible: bool | None  # key_intent's answer, when the claim recorded it
 
 
 class Fulfilment(AttemptRecords, KeyCreation):
@@ -56,8 +71,12 @@ class Fulfilment(AttemptRecords, KeyCreation):
         funds_lease: timedelta = timedelta(seconds=45),
         funds_remeasure: timedelta = timedelta(minutes=15),
         metrics: Metrics | None = None,
+        reads: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.sessions = sessions
+        # Read-only lookups (which buyer/order is due, the funds queue) need no write
+        # lock: on SQLite they read a snapshot instead of queueing behind the writer.
+        self.reads = reads or sessions
         self.metrics = metrics or Metrics()
         self.openrouter = openrouter
         self.vault = vault
@@ -67,7 +86,6 @@ class Fulfilment(AttemptRecords, KeyCreation):
         self.retry_base = retry_base
         self.funds_recheck = funds_recheck
         self.concurrency = concurrency
-        self._commit_lock = asyncio.Lock()
         self.shared_funds = SharedFunds(
             sessions,
             openrouter,
@@ -76,7 +94,17 @@ class Fulfilment(AttemptRecords, KeyCreation):
             ttl=funds_ttl,
             remeasure=funds_remeasure,
         )
+        # No process-wide lock: deliveries meet only in the funds batch (raises.py).
+        self._raises = RaiseBatcher(
+            sessions,
+            self.reads,
+            openrouter,
+            self.shared_funds,
+            lambda: utcnow() + self.lease,
+            self._record_wait,
+        )
         self._local: dict[int, asyncio.Lock] = {}
+        self._again: set[int] = set()
         # Nudges the outbox so the buyer hears at once; the app sets it once the outbox
         # exists (built after this).
         self.wake: Callable[[], None] = lambda: None
@@ -110,7 +138,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
         Orders waiting for funds are left to ``resume_waiting``, which measures the
         balance once for all of them instead of once per order."""
         now = utcnow()
-        async with self.sessions() as session:
+        async with self.reads() as session:
             user_ids = (
                 (
                     await session.execute(
@@ -137,7 +165,7 @@ class Fulfilment(AttemptRecords, KeyCreation):
         Otherwise the key list is re-read only when older than FUNDS_REMEASURE_SECONDS,
         here rather than in a delivery, so a delivery costs no listing (processing/funds.py).
         """
-        async with self.sessions() as session:
+        async with self.reads() as session:
             waiting = await count_orders(session, Order.status == OrderStatus.AWAITING_FUNDS.value)
         if not waiting:
             await self.shared_funds.relist_if_due()
@@ -169,8 +197,14 @@ class Fulfilment(AttemptRecords, KeyCreation):
                 .values(next_attempt_at=since)
             )
         for user_id in dict.fromkeys(user_id for _, user_id in waiting):  # queue order
+            busy = self._local.get(user_id)
+            if busy is not None:
+                # This process is finishing an attempt for the buyer (its funds batch is
+                # letting go): wait, so the re-check judges the order rather than skip it.
+                async with busy:
+                    pass
             await self.fulfil_user(user_id, funds_fresh_after=since)
-        async with self.sessions() as session:
+        async with self.reads() as session:
             delivered = await count_orders(
                 session,
                 Order.id.in_([order_id for order_id, _ in waiting]),
@@ -185,30 +219,51 @@ class Fulfilment(AttemptRecords, KeyCreation):
         ``funds_fresh_after``: see ``FundsHold.headroom``."""
         lock = self._local.setdefault(user_id, asyncio.Lock())
         if lock.locked():
-            return  # this process is already on it; it will pick up new orders too
+            # This process is on it; it looks again once done, so an order paid just
+            # as it let go of the buyer does not wait for the next fulfilment job.
+            self._again.add(user_id)
+            return
         async with lock:
-            token = uuid.uuid4().hex
-            if not await self._claim_user(user_id, token):
-                return
             try:
                 while True:
-                    order_id = await self._next_order(user_id)
-                    if order_id is None:
+                    self._again.discard(user_id)
+                    await self._fulfil_leased(user_id, funds_fresh_after)
+                    if user_id not in self._again:
                         break
-                    with bind(order_id=order_id, user_id=user_id):
-                        done = await self._fulfil_order(user_id, order_id, token, funds_fresh_after)
-                    if not done:
-                        break
-            except LeaseLost:
-                log.warning("lease_lost user=%s", user_id)
             finally:
-                await self._release_user(user_id, token)
+                self._again.discard(user_id)
                 self._local.pop(user_id, None)
 
-    async def _next_order(self, user_id: int) -> int | None:
+    async def _fulfil_leased(self, user_id: int, funds_fresh_after: datetime | None) -> None:
+        token = uuid.uuid4().hex
+        # Taking the buyer's lease and claiming the first order is one transaction; so
+        # are recording a delivery and claiming the next order (or letting go).
+        async with self.sessions() as session, session.begin():
+            if not await self._claim_user_in(session, user_id, token):
+                return
+            attempt = await self._start_next_or_release(session, user_id, token)
+        held = attempt is not None
+        try:
+            while attempt is not None:
+                with bind(order_id=attempt.order_id, user_id=user_id):
+                    attempt, held = await self._fulfil_order(
+                        user_id, attempt, token, funds_fresh_after
+                    )
+        except LeaseLost:
+            log.warning("lease_lost user=%s", user_id)
+        finally:
+            if held:
+                await self._release_user(user_id, token)
+
+    async def _start_next_or_release(
+        self, session: AsyncSession, user_id: int, token: str
+    ) -> Attempt | None:
+        """Claim the buyer's next due order in the caller's transaction, or, when none is
+        due, let go of the buyer's lease in it."""
         now = utcnow()
-        async with self.sessions() as session:
-            return (
+        # Bounded: each pass either claims an order or sees one that left the due set.
+        for _ in range(8):
+            order_id = (
                 await session.execute(
                     select(Order.id)
                     .where(Order.user_id == user_id, next_for_buyer(now))
@@ -216,83 +271,116 @@ class Fulfilment(AttemptRecords, KeyCreation):
                     .limit(1)
                 )
             ).scalar_one_or_none()
+            if order_id is None:
+                break
+            attempt = await self._start(session, user_id, order_id, token)
+            if attempt is not None:
+                return attempt
+        await self._let_go(session, user_id, token)
+        return None
+
+    async def _start(
+        self, session: AsyncSession, user_id: int, order_id: int, token: str
+    ) -> Attempt | None:
+        """Move the order to ``fulfilling`` under this worker (compare-and-set + event)."""
+        order = await session.get(Order, order_id, populate_existing=True)
+        assert order is not None
+        previous = await repo.transition(
+            session,
+            order_id,
+            CLAIMABLE,
+            OrderStatus.FULFILLING,
+            actor=f"worker:{token[:8]}",
+            kind="fulfilment_started",
+            detail={"attempt": order.attempts + 1},
+            where={"user_id": user_id},
+            lease_owner=token,
+            lease_until=utcnow() + self.lease,
+            attempts=Order.attempts + 1,
+        )
+        if previous is None:
+            return None
+        key_row = await repo.get_api_key(session, user_id)
+        return Attempt(
+            order_id=order_id,
+            base=order.base_usd,
+            attempts=order.attempts + 1,
+            told=order.funds_topup_usd,
+            paid_at=order.paid_at,
+            delivered_sum=await repo.delivered_base_sum(session, user_id),
+            key_row=key_row,
+            # A new buyer's key is about to be created: its intent is recorded here
+            # rather than in a transaction of its own.
+            orphan_possible=(
+                None if key_row else await self.key_intent(session, user_id, order_id, token)
+            ),
+        )
 
     # ------------------------------------------------------------- one order
     async def _fulfil_order(
-        self, user_id: int, order_id: int, token: str, funds_fresh_after: datetime | None = None
-    ) -> bool:
-        """One attempt. True when the order reached a resting state and the next may go."""
-        async with self.sessions() as session, session.begin():
-            await self._renew(session, user_id, token)
-            order = await session.get(Order, order_id)
-            assert order is not None
-            previous = await repo.transition(
-                session,
-                order_id,
-                CLAIMABLE,
-                OrderStatus.FULFILLING,
-                actor=f"worker:{token[:8]}",
-                kind="fulfilment_started",
-                detail={"attempt": order.attempts + 1},
-                lease_owner=token,
-                lease_until=utcnow() + self.lease,
-                attempts=Order.attempts + 1,
-            )
-            if previous is None:
-                return True
-            delivered_sum = await repo.delivered_base_sum(session, user_id)
-            key_row = await repo.get_api_key(session, user_id)
-            base = order.base_usd
-            attempts = order.attempts + 1
-            told = order.funds_topup_usd
-            paid_at = order.paid_at
-        target = delivered_sum + base
+        self,
+        user_id: int,
+        attempt: Attempt,
+        token: str,
+        funds_fresh_after: datetime | None = None,
+    ) -> tuple[Attempt | None, bool]:
+        """One attempt. -> (the buyer's next order, already claimed, if this one was
+        delivered; whether this worker still holds the buyer's lease)."""
+        order_id = attempt.order_id
+        target = attempt.delivered_sum + attempt.base
         try:
-            key_hash, new_key = await self._ensure_key(user_id, order_id, key_row, token)
+            key_hash, new_key = await self._ensure_key(
+                user_id, order_id, attempt.key_row, token, orphan_possible=attempt.orphan_possible
+            )
             created = new_key is not None
             # A key made just now is as POST /keys described it; only an older one is read.
             current = new_key or await self.openrouter.get_key(key_hash)
-            # Balance check, PATCH and booking of the raise as one section: buyers are
-            # fulfilled concurrently here and on other replicas, and two checks against
-            # the same headroom must not both pass. The process lock keeps this
-            # process's deliveries from polling the shared lease against each other.
-            async with self._commit_lock, self.shared_funds.hold() as funds_hold:
-                # Only the part of the target not yet on the key needs fresh funds: after a
-                # crash between PATCH and commit the key already carries this order.
-                needed = max(Decimal(0), target - (current.limit or Decimal(0)))
-                ahead = (
-                    await queued_before(self.sessions, order_id, paid_at) if needed else Decimal(0)
+            # Only the part of the target not yet on the key needs fresh funds: after a
+            # crash between PATCH and commit the key already carries this order.
+            needed = max(Decimal(0), target - (current.limit or Decimal(0)))
+            # Balance check, PATCH and booking of the raise happen under the funds lease,
+            # in a batch with the other deliveries ready now (raises.py): two checks
+            # against the same headroom never both pass, here or on another replica.
+            updated = await self._raises.submit(
+                Raise(
+                    user_id=user_id,
+                    order_id=order_id,
+                    token=token,
+                    key_hash=key_hash,
+                    target=target,
+                    needed=needed,
+                    paid_at=attempt.paid_at,
+                    told=attempt.told,
+                    fresh_after=funds_fresh_after,
                 )
-                funds = await funds_hold.headroom(needed + ahead, fresh_after=funds_fresh_after)
-                if needed + ahead > funds.headroom:
-                    await self._await_funds(order_id, user_id, token, told, needed, ahead, funds)
-                    return False
-                # Re-assert both leases just before the write that moves money. A worker
-                # that stalled past its user lease may have been overtaken by one that
-                # delivered more of this buyer's orders; PATCHing its older, lower absolute
-                # limit would take credit back. The PATCH itself is bounded by the client's
-                # timeouts, which both leases must outlast (docs/reliability.md).
-                async with self.sessions() as session, session.begin():
-                    await self._renew(session, user_id, token)
-                    await funds_hold.confirm(session)
-                try:
-                    updated = await self.openrouter.set_key_limit(key_hash, target)
-                except OpenRouterError:
-                    funds_hold.forget()  # it may have landed: measure afresh next time
-                    raise
-                if updated.limit is None or updated.limit != target:
-                    funds_hold.forget()
-                    raise OpenRouterError(
-                        "openrouter",
-                        f"limit after PATCH is {updated.limit}, expected {target}",
-                        transient=True,
-                    )
-                funds_hold.spent(needed)
+            )
         except OpenRouterError as exc:
-            await self._attempt_failed(order_id, user_id, token, attempts, exc)
-            return False
-        await self._delivered(order_id, user_id, token, key_hash, target, updated, created)
-        return True
+            await self._attempt_failed(
+                order_id, user_id, token, attempt.attempts, exc, release=True
+            )
+            return None, False
+        if updated is None:
+            return None, False  # waits for funds (recorded, the buyer let go, in the batch)
+
+        async def then(session: AsyncSession) -> Attempt | None:
+            return await self._start_next_or_release(session, user_id, token)
+
+        following = await self._delivered(
+            order_id, user_id, token, key_hash, target, updated, created, then=then
+        )
+        return following, following is not None
+
+    async def _record_wait(self, request: Raise, ahead: Decimal, funds: Funds) -> None:
+        await self._await_funds(
+            request.order_id,
+            request.user_id,
+            request.token,
+            request.told,
+            request.needed,
+            ahead,
+            funds,
+            release=True,
+        )
 
     async def funds(self) -> Funds:
         """Operator balance vs what buyer keys may still spend, measured now (SPEC §2)."""
