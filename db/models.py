@@ -269,6 +269,10 @@ class FundsLedger(Base):
     # What GET /credits said at balance_at (re-read every few seconds, the list rarely).
     available: Mapped[Decimal | None] = mapped_column(Money(18, 6))
     balance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Bumped by every write that may change measured_at or committed: the background
+    # listing adopts its total only if the figure stayed as it found it (ABA-safe,
+    # unlike measured_at, which can be NULL before and after a measure-raise-lose).
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RuntimeSetting(Base):

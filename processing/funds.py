@@ -120,11 +120,14 @@ class SharedFunds:
         The listing replaces the figure only if nobody measured or lost track while it
         ran (``measured_at`` unchanged), and keeps the raises booked meanwhile on top: a
         raise whose PATCH the listing already saw is then counted twice, which only errs
-        high. While the figure is unknown nobody books a raise (a holder measures first,
-        which changes ``measured_at``), so the listing alone is the figure."""
+        high. While the figure is unknown nobody books a raise without measuring first,
+        so the listing alone is the figure — if the figure is still the one it found:
+        ``generation`` unchanged. (``measured_at`` NULL at both ends is not enough: a
+        holder may have measured, booked a raise the listing never saw, and a later
+        unsure PATCH cleared ``measured_at`` again, all while the listing ran.)"""
         async with self.sessions() as session:
             row = await _row(session)
-        since, booked_then = row.measured_at, row.committed
+        since, booked_then, generation = row.measured_at, row.committed, row.generation
         known = since is not None and booked_then is not None
         if known and since is not None and utcnow() - since < self.remeasure_every:
             return False
@@ -134,9 +137,12 @@ class SharedFunds:
         async with self.sessions() as session, session.begin():
             now_row = await _row(session)
             if not known:
-                if now_row.measured_at is not None:
-                    return True  # a delivery measured meanwhile: that figure stands
-                unchanged: list[ColumnElement[bool]] = [FundsLedger.measured_at.is_(None)]
+                if now_row.generation != generation:
+                    return True  # a delivery measured (or booked) meanwhile: that stands
+                unchanged: list[ColumnElement[bool]] = [
+                    FundsLedger.measured_at.is_(None),
+                    FundsLedger.generation == generation,
+                ]
                 committed = listed
             else:
                 if now_row.measured_at != since or now_row.committed is None:
@@ -157,6 +163,7 @@ class SharedFunds:
                     committed=committed,
                     available=credits.balance,
                     balance_at=started,
+                    generation=FundsLedger.generation + 1,
                 )
             )
         return True
@@ -228,6 +235,7 @@ class SharedFunds:
                             (FundsLedger.lease_owner.is_(None), FundsLedger.measured_at),
                             else_=None,
                         ),
+                        generation=FundsLedger.generation + 1,
                         **fresh,
                     )
                 )
@@ -249,7 +257,11 @@ class SharedFunds:
 
     async def _release(self, hold: FundsHold) -> None:
         async with self.sessions() as session, session.begin():
-            values: dict[str, object] = {"lease_owner": None, "lease_until": None}
+            values: dict[str, object] = {
+                "lease_owner": None,
+                "lease_until": None,
+                "generation": FundsLedger.generation + 1,
+            }
             if hold.unsure:
                 values["measured_at"] = None
             elif hold.booked:
@@ -355,6 +367,7 @@ class FundsHold:
                 available=measured.available,
                 committed=measured.committed,
                 balance_at=measured.balance_at,
+                generation=FundsLedger.generation + 1,
             )
         self._known = measured
         self.measured = True

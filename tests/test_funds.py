@@ -105,13 +105,6 @@ async def test_headroom_is_remeasured_when_too_short_and_then_shared(tmp_path: P
         assert len(await env.orc.requests()) > before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processing/funds.py relist_if_due: a listing begun on an unknown figure is "
-    "stored if measured_at is NULL again when it ends, though a holder measured, booked a "
-    "raise the listing did not see, and a later unsure PATCH cleared measured_at meanwhile "
-    "(lane R report; funds.py is being rewritten in another lane)",
-)
 async def test_a_background_listing_never_drops_a_raise_booked_while_it_ran(
     tmp_path: Path,
 ) -> None:

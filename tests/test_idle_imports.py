@@ -81,15 +81,17 @@ async def test_a_database_behind_head_is_still_migrated(tmp_path: Path) -> None:
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
-            # Back to 0006: undo 0007 (chat_messages) and 0008 (funds_ledger.balance_at).
+            # Back to 0006: undo 0007 (chat_messages), 0008 (funds_ledger.balance_at) and
+            # 0009 (funds_ledger.generation).
             await connection.execute(text("UPDATE alembic_version SET version_num = '0006'"))
             await connection.execute(text("DROP TABLE chat_messages"))
             await connection.execute(text("ALTER TABLE funds_ledger DROP COLUMN balance_at"))
+            await connection.execute(text("ALTER TABLE funds_ledger DROP COLUMN generation"))
         assert not await at_head(engine)
         await upgrade_to_head(engine)
         assert await at_head(engine)
         async with engine.connect() as connection:
             await connection.execute(text("SELECT count(*) FROM chat_messages"))
-            await connection.execute(text("SELECT balance_at FROM funds_ledger"))
+            await connection.execute(text("SELECT balance_at, generation FROM funds_ledger"))
     finally:
         await engine.dispose()
