@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 
 from aiogram import F
@@ -221,14 +220,12 @@ async def _send_payment_screen(message: Message, t: Translator, order: OrderView
             ),
         )
         return
-    # segno (and the xml package its writers pull in) is imported on the first invoice,
+    # bot.qr imports segno (and the xml package its writers pull in) on the first invoice,
     # not at start-up: about 1.3 MiB an idle bot never uses (issue 14 item 6).
-    import segno
+    from bot.qr import invoice_png
 
-    qr = io.BytesIO()
-    segno.make(screens.qr_payload(order), error="m").save(qr, kind="png", scale=6, border=2)
     await message.answer_photo(
-        BufferedInputFile(qr.getvalue(), filename=f"order-{order.id}.png"),
+        BufferedInputFile(invoice_png(screens.qr_payload(order)), filename=f"order-{order.id}.png"),
         caption=screens.payment(t, order),
         reply_markup=keyboards.payment(t, order.id),
     )

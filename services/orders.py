@@ -449,9 +449,10 @@ class OrderService:
                     updated_at=utcnow(),
                 )
             )
+            # Not in this session's identity map before: the SELECT reads the row as the
+            # UPDATE above left it (a refresh after it read it a second time).
             order_row = await session.get(Order, order_id)
             assert order_row is not None
-            await session.refresh(order_row)
             return OrderView.of(order_row)
 
     # ----------------------------------------------------------------- orders

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from core.money import ceil_cents, format_usd
 from locales import Phrase
@@ -79,9 +80,18 @@ class Bounds:
     max_total: Decimal
 
 
+# Bounds and packages are pure functions of (rules, model) but cost a bisection of ~50
+# Decimal totals each, and every buy-flow update asks for them (the current model is
+# chosen among those with bounds). Kept per (rules, model): a repriced model is another
+# ModelPrice, so a price change from the catalog is a new key, never a stale answer.
+CACHE_SIZE = 512
+
+
 class AITokenService:
     def __init__(self, rules: PricingRules) -> None:
         self.rules = rules
+        self._bounds: dict[tuple[PricingRules, ModelPrice], Bounds | None] = {}
+        self._packages: dict[tuple[PricingRules, ModelPrice], tuple[Package, ...]] = {}
 
     # ------------------------------------------------------------------ pricing
     def price(self, model: ModelPrice, tokens: int) -> PriceQuote:
@@ -102,6 +112,12 @@ class AITokenService:
 
     def bounds(self, model: ModelPrice) -> Bounds | None:
         """Smallest and largest orderable token counts, or None if none is orderable."""
+        key = (self.rules, model)
+        if key not in self._bounds:
+            _bounded_put(self._bounds, key, self._find_bounds(model))
+        return self._bounds[key]
+
+    def _find_bounds(self, model: ModelPrice) -> Bounds | None:
         if not model.sellable:
             return None
         rules = self.rules
@@ -132,6 +148,12 @@ class AITokenService:
 
     def packages(self, model: ModelPrice) -> list[Package]:
         """The packages offered for ``model`` (SPEC §1), smallest first."""
+        key = (self.rules, model)
+        if key not in self._packages:
+            _bounded_put(self._packages, key, tuple(self._find_packages(model)))
+        return list(self._packages[key])
+
+    def _find_packages(self, model: ModelPrice) -> list[Package]:
         bounds = self.bounds(model)
         if bounds is None:
             return []
@@ -201,6 +223,12 @@ class AITokenService:
             "min_total": format_usd(bounds.min_total),
             "max_total": format_usd(bounds.max_total),
         }
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()  # a catalog repriced many times over: start afresh
+    cache[key] = value
 
 
 def round_down_2_significant(tokens: int) -> int:
