@@ -4,7 +4,7 @@ httpcore decides between asyncio and trio by ``import sniffio`` each time it set
 of its locks or events: about 11 times per request. Without sniffio installed, each is a
 failed import, and Python caches no failure: every one scans ``sys.path`` again (~70 µs
 each on our 2-core machine, about 30 % of a loopback request's CPU: 3.3 → 2.3 ms per
-request with client and server in one process, bench/hotspots.md section 6). Installed,
+request with client and server in one process, bench/hotspots.md section 7). Installed,
 it is a lookup in ``sys.modules``.
 """
 
