@@ -117,6 +117,36 @@ def _before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _scale_targets(rows: list[dict[str, Any]], add: Any) -> None:
+    """Issue 14 items 4 and 6 beside their figures, at the largest size measured."""
+    largest = max((r["buyers"] for r in rows), default=0)
+    at = [r for r in rows if r["buyers"] == largest]
+    if not at:
+        return
+    add(f"\nAgainst issue 14's targets at {largest:,} keys:\n")
+    add("| target | " + " | ".join(r["db"] for r in at) + " | target |")
+    add("|---|" + "---:|" * len(at) + "---:|")
+    add(
+        "| OpenRouter calls for a first delivery (`POST /keys`, `GET /credits` — the "
+        "funds check —, `PATCH`) | "
+        + " | ".join(str(r["first_delivery_calls"]) for r in at)
+        + " | O(1): the same at every size |"
+    )
+    above = [
+        f"{r['sweep_peak_rss_mib'] - r['idle_rss_mib']:.1f}"
+        if "sweep_peak_rss_mib" in r and "idle_rss_mib" in r
+        else "–"
+        for r in at
+    ]
+    add("| quota sweep: peak RSS above idle, MiB | " + " | ".join(above) + " | ≤ 64 |")
+    add(
+        "| the full key listing (background, every FUNDS_REMEASURE_SECONDS, not per "
+        "delivery): calls | "
+        + " | ".join(str(r.get("funds_listing_calls", "–")) for r in at)
+        + " | rare |"
+    )
+
+
 def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
     updates = load("updates", quick=quick)
     memory = load("memory", quick=quick)
@@ -332,17 +362,19 @@ def render(*, quick: bool, doc: Path = DOC, hotspots: str = "") -> str:
         add(
             "| db | buyers | seed s | peak RSS MiB | idle RSS MiB | sweep peak RSS MiB | "
             "start-up s | sweep s | sweep calls | report query s | first delivery s | "
-            "first delivery calls |"
+            "first delivery calls | funds listing s / calls |"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             add(
                 f"| {r['db']} | {r['buyers']:,} | {r['seed_s']} | {r['peak_rss_mib']} | "
                 f"{r.get('idle_rss_mib', '–')} | {r.get('sweep_peak_rss_mib', '–')} | "
                 f"{r['startup_s']} | {r['sweep_s']} | {r['sweep_calls']} | "
                 f"{r['report_query_s']} | {r['first_delivery_s']} | "
-                f"{r['first_delivery_calls']} |"
+                f"{r['first_delivery_calls']} | {r.get('funds_listing_s', '–')} / "
+                f"{r.get('funds_listing_calls', '–')} |"
             )
+        _scale_targets(rows, add)
         plot = doc.parent / PLOT_NAME
         if plot_scale(rows, plot):
             add(f"\n![growth with the number of buyers]({PLOT_NAME})\n")
