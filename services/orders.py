@@ -7,6 +7,7 @@ transactions, never inside one: claim (commit) → call out → record (commit).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -277,20 +278,12 @@ class OrderService:
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise QuoteUnavailable()
 
-    async def check_quote(self, user_id: int, quote_id: int) -> None:
-        """Raise QuoteUnavailable unless the quote is the user's and still confirmable
-        (current and unused, or already confirmed into an order that awaits payment)."""
-        async with self.sessions() as session:
-            quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)
-            if quote.order_id is not None:
-                order = await session.get(Order, quote.order_id)
-                if order is None or order.status not in OPEN:
-                    raise QuoteUnavailable()
-                return
-        if quote.expires_at <= utcnow():
-            raise QuoteUnavailable("quote.expired")
-
-    async def confirm_quote(self, user_id: int, quote_id: int) -> tuple[OrderView, list[str]]:
+    async def confirm_quote(
+        self,
+        user_id: int,
+        quote_id: int,
+        claimed: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[OrderView, list[str]]:
         """Turn a quote into an order with an invoice. Returns the order and provider failures.
 
         The quote is claimed by compare-and-set, so a double tap makes one order. Confirming
@@ -300,8 +293,25 @@ class OrderService:
         The story, with no transaction open during the provider call: claim the quote for a
         ``new`` order (one transaction), ask the provider for an invoice, then record the
         invoice or, when no provider gave one, cancel the order (one transaction either way).
+
+        ``claimed`` is awaited once the quote is known to be confirmable (claimed now, or
+        confirmed before), before the provider call: the handler answers the tap there, as
+        creating the invoice can take seconds; its failure is logged and does not stop the
+        order. A quote that cannot be confirmed raises ``QuoteUnavailable`` before it is
+        called. (The claim is the check: a separate
+        read-only check before it cost a whole transaction per ✅ Confirm.)
         """
         opened = await self._open_order(user_id, quote_id)
+        if claimed is not None:
+            try:
+                await claimed()
+            except Exception:
+                # The quote is claimed: the order must get its invoice (or be cancelled)
+                # whatever became of the tap's answer, or it would sit in ``new`` with no
+                # invoice and a retap would find no payment screen to show.
+                log.warning(
+                    "confirm_answer_failed user=%s quote=%s", user_id, quote_id, exc_info=True
+                )
         if isinstance(opened, OrderView):
             return opened, []  # confirmed before: its payment screen again
         try:

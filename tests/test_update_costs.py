@@ -15,6 +15,7 @@ from aiogram.methods import GetUpdates, Response, SendMessage
 from sqlalchemy import event
 
 from db.models import User
+from sandbox.runner import BOT_TOKEN
 from tests.harness import Env, running_env
 
 BUYER = 5_100_001
@@ -80,3 +81,43 @@ async def test_buyer_the_outbox_found_unreachable_is_reachable_when_writing_agai
                 break
             await asyncio.sleep(0.05)
         assert user is not None and user.reachable is True
+
+
+async def test_confirm_reads_the_quote_once_and_answers_the_tap(
+    tmp_path: Path,
+) -> None:
+    """✅ Confirm's claim is its check: no separate transaction reads the quote before it
+    (one SELECT of the quote, in the claim); the tap still gets its "creating" answer."""
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        await env.open_packages(BUYER)
+        await env.choose_package(BUYER)
+        await env.tg.press(BUYER, "USDT")
+        await env.tg.wait_for(BUYER, lambda m: "Your quote" in (m["plain"] or ""))
+        statements = _statements(env)
+        pressed = await env.tg.press(BUYER, "✅ Confirm order")
+        answer = await env.tg.callback_answer(pressed["callback_query_id"])
+        assert answer["text"] == "Creating your invoice…" and not answer["show_alert"]
+        await env.tg.wait_for(BUYER, lambda m: bool(m.get("photo")))
+        reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM quotes" in s]
+        assert len(reads) == 1, reads
+        (order,) = await env.orders(BUYER)
+        assert order.status == "awaiting_payment"
+
+
+async def test_a_failed_tap_answer_does_not_strand_a_claimed_order(tmp_path: Path) -> None:
+    """The tap is answered after the claim: if Telegram fails that answer (a 5xx), the
+    claimed order still gets its invoice and the buyer the payment screen (else it would
+    sit in ``new`` and a retap would find nothing to show)."""
+    async with running_env(tmp_path) as env:
+        await env.start_chat(BUYER)
+        await env.open_packages(BUYER)
+        await env.choose_package(BUYER)
+        await env.tg.press(BUYER, "USDT")
+        await env.tg.wait_for(BUYER, lambda m: "Your quote" in (m["plain"] or ""))
+        await env.tg.add_fault(path=f"/bot{BOT_TOKEN}/answerCallbackQuery", status=500, count=1)
+        await env.tg.press(BUYER, "✅ Confirm order")
+        screen = await env.tg.wait_for(BUYER, lambda m: bool(m.get("photo")))
+        assert "Order #" in (screen.get("caption") or "")
+        (order,) = await env.orders(BUYER)
+        assert order.status == "awaiting_payment" and order.provider_payment_id is not None
