@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiogram.methods import GetUpdates, Response, SendMessage
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from db.models import User
 from sandbox.runner import BOT_TOKEN
@@ -121,3 +121,53 @@ async def test_a_failed_tap_answer_does_not_strand_a_claimed_order(tmp_path: Pat
         assert "Order #" in (screen.get("caption") or "")
         (order,) = await env.orders(BUYER)
         assert order.status == "awaiting_payment" and order.provider_payment_id is not None
+
+
+async def _users(env: Env) -> list[User]:
+    async with env.app.sessions() as session:
+        return list((await session.execute(select(User).order_by(User.id))).scalars())
+
+
+def _transactions(env: Env) -> list[list[str]]:
+    """The statements of each transaction the app begins from now on, in begin order."""
+    current: dict[int, list[str]] = {}
+    begun: list[list[str]] = []
+
+    def begin(conn: Any) -> None:
+        current[id(conn)] = statements = []
+        begun.append(statements)
+
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        current.setdefault(id(conn), []).append(statement)
+
+    event.listen(env.app.engine.sync_engine, "begin", begin)
+    event.listen(env.app.engine.sync_engine, "before_cursor_execute", record)
+    return begun
+
+
+async def test_a_new_buyer_is_looked_up_and_written_in_one_transaction(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        begun = _transactions(env)
+        await env.start_chat(BUYER)
+        touching = [t for t in begun if any("users" in s for s in t)]
+        assert len(touching) == 1, touching
+        (statements,) = touching
+        assert any(s.lstrip().startswith("INSERT INTO users") for s in statements)
+        assert [u.id for u in await _users(env)] == [BUYER]
+
+
+async def test_two_first_updates_of_one_buyer_at_once_make_one_row(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        users = env.app.users
+        views = await asyncio.gather(
+            *(
+                users.ensure_user(BUYER + 7, language=lang, first_name="Ann", username=None)
+                for lang in ("en", "ru")
+            )
+        )
+        assert {v.id for v in views} == {BUYER + 7}
+        (row,) = [u for u in await _users(env) if u.id == BUYER + 7]
+        assert row.reachable and row.language in ("en", "ru")
+        # The one whose insert won is cached; the other read nothing it could cache.
+        cached = users.cache.get(BUYER + 7)
+        assert cached is None or cached.language == row.language
