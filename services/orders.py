@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -326,7 +327,17 @@ class OrderService:
     async def _open_order(self, user_id: int, quote_id: int) -> OrderView | _OpenedOrder:
         """Transaction 1: claim the quote for a new order (``new``, no invoice yet).
 
-        Returns the existing order instead when the quote was confirmed before."""
+        Returns the existing order instead when the quote was confirmed before, or by a
+        concurrent tap: on PostgreSQL two taps can both read the quote unclaimed, and
+        the unique ``orders.quote_id`` refuses the second order. That tap then reads the
+        quote again and gets the first tap's order, as a later tap would (the tap must
+        still be answered; it used to be answered before the claim)."""
+        try:
+            return await self._claim_quote(user_id, quote_id)
+        except IntegrityError:
+            return await self._claim_quote(user_id, quote_id)
+
+    async def _claim_quote(self, user_id: int, quote_id: int) -> OrderView | _OpenedOrder:
         now = utcnow()
         async with self.sessions() as session, session.begin():
             quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)
