@@ -2,7 +2,8 @@
 handler (``answer``) and one callback handler (``answer`` + ``edit_text``).
 
 Imports aiogram and nothing of ours, so a process running only this is the bare
-aiogram baseline for memory too (bench/memory.py).
+aiogram baseline for memory too (bench/memory.py). ``held=True`` makes its sends wait
+for a place in Telegram's overall 30 messages/s (bench/send_limit.py), as ours do.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def echo_router() -> Router:
 
 
 @contextlib.asynccontextmanager
-async def bare_bot(telegram_url: str, token: str) -> AsyncIterator[None]:
+async def bare_bot(telegram_url: str, token: str, *, held: bool = False) -> AsyncIterator[None]:
     bot = Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(telegram_url)))
+    if held:
+        # Imported only here: the memory baseline stays aiogram alone.
+        from bench.send_limit import HeldToTelegramLimit
+
+        bot.session.middleware(HeldToTelegramLimit())
     dp = Dispatcher()
     dp.include_router(echo_router())
     polling = asyncio.create_task(

@@ -197,11 +197,14 @@ async def quote_confirmed(
     user: UserView,
     orders: OrderService,
 ) -> None:
-    await orders.check_quote(user.id, callback_data.quote_id)
-    # Answer before the provider call: creating the invoice can take a few seconds and
-    # Telegram shows a spinner until the query is answered.
-    await callback.answer(t("pay.creating"))
-    order, _failures = await orders.confirm_quote(user.id, callback_data.quote_id)
+    async def answer_tap() -> None:
+        # Once the quote is claimed, before the provider call: creating the invoice can
+        # take a few seconds and Telegram shows a spinner until the query is answered.
+        await callback.answer(t("pay.creating"))
+
+    order, _failures = await orders.confirm_quote(
+        user.id, callback_data.quote_id, claimed=answer_tap
+    )
     if order.address is None:
         return  # a concurrent tap is still creating this order's invoice; it shows it
     if isinstance(callback.message, Message):

@@ -7,12 +7,14 @@ transactions, never inside one: claim (commit) → call out → record (commit).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
@@ -277,20 +279,12 @@ class OrderService:
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise QuoteUnavailable()
 
-    async def check_quote(self, user_id: int, quote_id: int) -> None:
-        """Raise QuoteUnavailable unless the quote is the user's and still confirmable
-        (current and unused, or already confirmed into an order that awaits payment)."""
-        async with self.sessions() as session:
-            quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)
-            if quote.order_id is not None:
-                order = await session.get(Order, quote.order_id)
-                if order is None or order.status not in OPEN:
-                    raise QuoteUnavailable()
-                return
-        if quote.expires_at <= utcnow():
-            raise QuoteUnavailable("quote.expired")
-
-    async def confirm_quote(self, user_id: int, quote_id: int) -> tuple[OrderView, list[str]]:
+    async def confirm_quote(
+        self,
+        user_id: int,
+        quote_id: int,
+        claimed: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[OrderView, list[str]]:
         """Turn a quote into an order with an invoice. Returns the order and provider failures.
 
         The quote is claimed by compare-and-set, so a double tap makes one order. Confirming
@@ -300,8 +294,25 @@ class OrderService:
         The story, with no transaction open during the provider call: claim the quote for a
         ``new`` order (one transaction), ask the provider for an invoice, then record the
         invoice or, when no provider gave one, cancel the order (one transaction either way).
+
+        ``claimed`` is awaited once the quote is known to be confirmable (claimed now, or
+        confirmed before), before the provider call: the handler answers the tap there, as
+        creating the invoice can take seconds; its failure is logged and does not stop the
+        order. A quote that cannot be confirmed raises ``QuoteUnavailable`` before it is
+        called. (The claim is the check: a separate
+        read-only check before it cost a whole transaction per ✅ Confirm.)
         """
         opened = await self._open_order(user_id, quote_id)
+        if claimed is not None:
+            try:
+                await claimed()
+            except Exception:
+                # The quote is claimed: the order must get its invoice (or be cancelled)
+                # whatever became of the tap's answer, or it would sit in ``new`` with no
+                # invoice and a retap would find no payment screen to show.
+                log.warning(
+                    "confirm_answer_failed user=%s quote=%s", user_id, quote_id, exc_info=True
+                )
         if isinstance(opened, OrderView):
             return opened, []  # confirmed before: its payment screen again
         try:
@@ -316,7 +327,17 @@ class OrderService:
     async def _open_order(self, user_id: int, quote_id: int) -> OrderView | _OpenedOrder:
         """Transaction 1: claim the quote for a new order (``new``, no invoice yet).
 
-        Returns the existing order instead when the quote was confirmed before."""
+        Returns the existing order instead when the quote was confirmed before, or by a
+        concurrent tap: on PostgreSQL two taps can both read the quote unclaimed, and
+        the unique ``orders.quote_id`` refuses the second order. That tap then reads the
+        quote again and gets the first tap's order, as a later tap would (the tap must
+        still be answered; it used to be answered before the claim)."""
+        try:
+            return await self._claim_quote(user_id, quote_id)
+        except IntegrityError:
+            return await self._claim_quote(user_id, quote_id)
+
+    async def _claim_quote(self, user_id: int, quote_id: int) -> OrderView | _OpenedOrder:
         now = utcnow()
         async with self.sessions() as session, session.begin():
             quote = await owned(session, Quote, quote_id, user_id, QuoteUnavailable)

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.clock import utcnow
+from db import repo
 from db.models import User
 from services.errors import ModelUnavailable
 from services.openrouter import ModelCatalog
@@ -111,37 +111,39 @@ class UserService:
         if cached is not None:
             return cached  # known, reachable, this language and model (UserCache)
         token = self.cache.token()
-        async with self.sessions() as session:
-            async with session.begin():
-                user = await session.get(User, user_id)
-                if user is not None:
-                    if writing and not user.reachable:
-                        # A buyer who writes to us again has unblocked the bot.
-                        user.reachable = True
-                    view = UserView(user.id, user.language, user.model)
-                    reachable = bool(user.reachable)
+        # One transaction whether the buyer is known or new: a new buyer's row is written
+        # in the transaction that looked for it (a separate one cost ~1 ms of CPU on
+        # every first update). ON CONFLICT DO NOTHING: when two first updates of one buyer
+        # race (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises them), the other insert
+        # won and this one changes nothing (as the IntegrityError of a separate insert
+        # transaction said before).
+        async with self.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
             if user is not None:
-                if reachable:  # committed: only now may other updates skip the row
-                    self.cache.put(view, token)
-                return view
-            try:
-                async with session.begin():
-                    session.add(
-                        User(
-                            id=user_id,
-                            language=language,
-                            first_name=first_name,
-                            username=username,
-                            reachable=True,
-                            created_at=utcnow(),
-                        )
+                if writing and not user.reachable:
+                    # A buyer who writes to us again has unblocked the bot.
+                    user.reachable = True
+                view = UserView(user.id, user.language, user.model)
+                reachable = bool(user.reachable)
+            else:
+                inserted = await session.execute(
+                    repo.upsert_insert(session)(User)
+                    .values(
+                        id=user_id,
+                        language=language,
+                        first_name=first_name,
+                        username=username,
+                        reachable=True,
+                        created_at=utcnow(),
                     )
-            except IntegrityError:
-                # Two first updates of one buyer at once: the other insert won.
-                return UserView(user_id, language, None)
-            view = UserView(user_id, language, None)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
+                view = UserView(user_id, language, None)
+                # Not cached when the other insert won: its row is the one that counts.
+                reachable = inserted.rowcount == 1  # type: ignore[attr-defined]
+        if reachable:  # committed: only now may other updates skip the row
             self.cache.put(view, token)
-            return view
+        return view
 
     async def set_reachable(self, user_id: int, reachable: bool) -> None:
         """The buyer blocked the bot (False) or unblocked it (True), as Telegram told us."""

@@ -25,10 +25,13 @@ def test_percentile_nearest_rank() -> None:
 
 async def test_updates_benchmark_runs() -> None:
     result = await updates.run(4)
-    for side in ("ours", "bare"):
+    for side in ("ours", "bare", "bare_limited"):
         assert result[side]["failures"] == 0, result[side]["failure_sample"]
         assert result[side]["updates"] == 22  # 2 buyers × 5 + 2 × 6 updates
     assert result["throughput_ratio"] is not None
+    assert result["throughput_ratio_limited"] is not None
+    summary = updates.summarise([result])
+    assert "bare_limited_updates_per_s" in summary and "cpu_ratio_limited" in summary
 
 
 async def test_memory_benchmark_runs() -> None:

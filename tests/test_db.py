@@ -245,6 +245,111 @@ async def test_read_only_sessions_refuse_writes(engine: AsyncEngine) -> None:
         await session.execute(text("UPDATE users SET language = 'en'"))
 
 
+# ------------------------------------------------- connections back in the pool
+async def _in_transaction(engine: AsyncEngine) -> bool:
+    """Whether the pool's next connection (the one just returned: the pool is LIFO for
+    a single task) is inside a transaction, asked of the driver itself."""
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        if engine.dialect.name == "sqlite":
+            return bool(raw.in_transaction)
+        return bool(raw.is_in_transaction())
+
+
+async def _users(engine: AsyncEngine) -> int:
+    async with read_session_factory(engine)() as session:
+        return int(await session.scalar(text("SELECT count(*) FROM users")) or 0)
+
+
+INSERT_USER = text(
+    "INSERT INTO users (id, language, reachable, created_at) VALUES (:id, 'en', true, :at)"
+)
+
+
+async def test_no_connection_goes_back_to_the_pool_mid_transaction(engine: AsyncEngine) -> None:
+    """Every way our code leaves a transaction open when it gives a connection back (a
+    session closed without commit, an error inside ``begin()``, a connection closed
+    without commit, a read session): the write is gone and the connection is clean. On
+    SQLite the pool's reset is ours (db/engine.py ``_install_sqlite_reset``)."""
+    await upgrade_to_head(engine)
+    writes = session_factory(engine)
+    at = datetime.now(UTC)
+
+    async with writes() as session:
+        await session.execute(INSERT_USER, {"id": 1, "at": at})  # closed, not committed
+    assert not await _in_transaction(engine)
+
+    with pytest.raises(RuntimeError):
+        async with writes() as session, session.begin():
+            await session.execute(INSERT_USER, {"id": 2, "at": at})
+            raise RuntimeError("handler failed mid-transaction")
+    assert not await _in_transaction(engine)
+
+    async with engine.connect() as conn:
+        await conn.execute(INSERT_USER, {"id": 3, "at": at})  # autobegun, never committed
+    assert not await _in_transaction(engine)
+
+    async with read_session_factory(engine)() as session:
+        await session.execute(text("SELECT count(*) FROM users"))
+    assert not await _in_transaction(engine)
+
+    assert await _users(engine) == 0
+    async with writes() as session, session.begin():
+        await session.execute(INSERT_USER, {"id": 4, "at": at})
+    assert not await _in_transaction(engine)
+    assert await _users(engine) == 1
+
+
+async def test_sqlite_a_transaction_the_session_did_not_see_is_rolled_back(
+    sqlite_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The reset asks SQLite, not SQLAlchemy's bookkeeping: a transaction opened behind
+    SQLAlchemy's back is still rolled back, and the write lock is free afterwards."""
+    await upgrade_to_head(sqlite_engine)
+    async with sqlite_engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute("BEGIN IMMEDIATE")
+        await raw.execute(
+            "INSERT INTO users (id, language, reachable, created_at) "
+            "VALUES (9, 'en', 1, '2026-01-01 00:00:00.000000')"
+        )
+    assert not await _in_transaction(sqlite_engine)
+    assert await _users(sqlite_engine) == 0
+    other = sqlite3.connect(tmp_path / "types.db", isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if the lock were held
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_sqlite_a_committed_transaction_costs_no_reset_rollback(
+    sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a COMMIT the pool's reset does not send a ROLLBACK through aiosqlite's
+    thread (one trip per transaction, ~50 µs of CPU, on every update that writes)."""
+    import aiosqlite
+
+    await upgrade_to_head(sqlite_engine)
+    rollbacks: list[object] = []
+    real = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self)
+        await real(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    async with session_factory(sqlite_engine)() as session, session.begin():
+        await session.execute(INSERT_USER, {"id": 1, "at": datetime.now(UTC)})
+    assert rollbacks == []
+    async with session_factory(sqlite_engine)() as session:
+        await session.execute(INSERT_USER, {"id": 2, "at": datetime.now(UTC)})
+    assert len(rollbacks) == 1  # closed without commit: rolled back, once
+    assert await _users(sqlite_engine) == 1
+
+
 # ----------------------------------------------------------------- column types
 MONEY_TABLE_MD = MetaData()
 MONEY_TABLE = Table(
