@@ -310,7 +310,12 @@ async def run(orders: int, *, postgres: bool, profile: str | None = None) -> dic
     """One round: SQLite, then PostgreSQL when its database answers."""
     result: dict[str, Any] = {"orders": orders, "sqlite": await run_db(orders, None, profile)}
     if postgres and pg_available():
-        result["postgresql"] = await run_db(orders, PG_BENCH_URL)
+        pg_profile = (
+            None
+            if profile is None
+            else str(Path(profile).with_suffix(".pg" + Path(profile).suffix))
+        )
+        result["postgresql"] = await run_db(orders, PG_BENCH_URL, pg_profile)
     else:
         result["postgresql"] = None
     for name in ("sqlite", "postgresql"):
@@ -393,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument(
         "--profile",
-        help="write a pyinstrument profile of the SQLite run's confirm phase (.html or text)",
+        help="write a pyinstrument profile of each run's confirm phase (.html or text; "
+        "the PostgreSQL run's beside it as NAME.pg.EXT)",
     )
     args = parser.parse_args(argv)
     plan = parse_plan(args.orders or ("30x1" if args.quick else "100x3,1000x1"))
