@@ -35,7 +35,7 @@ from bot.profile import BotProfile
 from bot.settings import ConfigError, Settings
 from core.callbacks import AdminFundsCb, AdminOrderCb
 from core.metrics import Metrics
-from db.engine import create_engine, read_session_factory, session_factory
+from db.engine import PoolSize, create_engine, read_session_factory, session_factory
 from db.migrate import upgrade_to_head
 from handlers import routers
 from processing.admin_ops import AdminOps
@@ -90,7 +90,12 @@ class BotApp:
         s = settings
         # One registry per bot instance: several bots may run in one process (tests).
         self.metrics = Metrics()
-        self.engine = create_engine(s.database_url)
+        self.pool = PoolSize(
+            s.database_pool_size, s.database_pool_overflow, s.database_pool_timeout_seconds
+        )
+        self.engine = create_engine(s.database_url, pool=self.pool)
+        # Bursts (callbacks, deliveries) queue in the bot, never at the pool.
+        self.admission = self.pool.admission()
         self.sessions = session_factory(self.engine)
         self.read_sessions = read_session_factory(self.engine)
         self.vault = KeyVault(_secret(s.encryption_key) or "")
@@ -153,6 +158,7 @@ class BotApp:
             funds_remeasure=timedelta(seconds=s.funds_remeasure_seconds),
             funds_ttl=float(s.funds_balance_ttl_seconds),
             metrics=self.metrics,
+            concurrency=self.admission.deliveries,
         )
         self.processor = AITokenPaymentProcessor(
             self.sessions,
@@ -269,7 +275,12 @@ class BotApp:
         self.web = web.Application(client_max_size=1024 * 1024)
         hide_server_software(self.web)
         CallbackRoutes(
-            self.processor, self.providers, self.sessions, self.notifier, self.metrics
+            self.processor,
+            self.providers,
+            self.sessions,
+            self.notifier,
+            self.metrics,
+            concurrency=self.admission.callbacks,
         ).install(self.web)
         if s.telegram_mode == "webhook":
             SimpleRequestHandler(

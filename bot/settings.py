@@ -98,6 +98,13 @@ class Settings(PaymentSettings):
     admin_language: str = DEFAULT_LANGUAGE
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
+    # The connection pool: connections kept open, extra ones opened under load, and how
+    # long a transaction waits for one before it fails. A burst of payment callbacks and
+    # deliveries is admitted in proportion to it (db/engine.py Admission), so it never waits
+    # that long.
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_pool_overflow: int = Field(default=10, ge=0, le=1000)
+    database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     redis_url: str | None = None
 
     openrouter_base_url: str = "https://openrouter.ai/api/v1"

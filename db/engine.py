@@ -14,6 +14,7 @@ only" is enforced, not a convention.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +41,70 @@ class ReadOnlyViolation(RuntimeError):
     """A statement that may write was run through a read-only session."""
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+@dataclass(frozen=True)
+class PoolSize:
+    """The connection pool (DATABASE_POOL_* settings): the one place its size is set;
+    the admission limits of the bursty paths are derived from it (``Admission``)."""
+
+    size: int = 10
+    overflow: int = 10
+    # A checkout that waits longer fails (``QueuePool limit ... timed out``).
+    timeout: float = 30.0
+
+    @property
+    def connections(self) -> int:
+        return self.size + self.overflow
+
+    def admission(self) -> Admission:
+        return Admission.of(self)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How many payment callbacks, and how many buyers' deliveries, may use the database
+    at once. A burst (1,000 callbacks at once) then queues in the bot, with no time
+    limit, rather than at the pool, whose wait fails after ``PoolSize.timeout`` (a 500
+    to the provider, a failed delivery attempt). The bound is what matters, not a
+    tight share: a waiter at the pool waits behind at most (callbacks + deliveries +
+    the outbox sender's <= 8 sends + the funds batch + jobs) / connections short
+    transactions, far from the timeout. Callbacks get the pool (one short transaction
+    each); deliveries four times the pool, because each holds a connection only a small
+    part of its time (it mostly waits for OpenRouter and for the funds batch) and a
+    batch forms only from deliveries in flight together (40 paid at once, five deliveries
+    at a time took 3x the funds leases per order)."""
+
+    callbacks: int
+    deliveries: int
+
+    @classmethod
+    def of(cls, pool: PoolSize) -> Admission:
+        return cls(callbacks=pool.connections, deliveries=4 * pool.connections)
+
+
+def create_engine(url: str, *, echo: bool = False, pool: PoolSize | None = None) -> AsyncEngine:
+    pool = pool or PoolSize()
+    sizing = {"pool_size": pool.size, "max_overflow": pool.overflow, "pool_timeout": pool.timeout}
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+        in_memory = not database or database == ":memory:"  # one shared connection
         engine = create_async_engine(
             url,
             echo=echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             # The reset is ours: see _install_sqlite_reset.
             pool_reset_on_return=None,
+            **({} if in_memory else sizing),
         )
         _install_sqlite_pragmas(engine)
         _install_sqlite_reset(engine)
     else:
-        engine = create_async_engine(
-            url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10
-        )
+        # pre_ping: a connection the server dropped (a restart, a failover) is replaced
+        # before use instead of failing a transaction. Measured here at ~0.1 ms CPU per
+        # checkout (~1 ms of the ~50 ms a confirmed order costs): kept.
+        engine = create_async_engine(url, echo=echo, pool_pre_ping=True, **sizing)
     _install_read_only_guard(engine)
     return engine
 

@@ -6,6 +6,7 @@ confirm path. Unknown payments are acknowledged (2xx) so the provider stops retr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -47,12 +48,17 @@ class CallbackRoutes:
         sessions: async_sessionmaker[AsyncSession],
         notifier: Notifier,
         metrics: Metrics | None = None,
+        *,
+        concurrency: int = 4,
     ) -> None:
         self.processor = processor
         self.providers = providers
         self.sessions = sessions
         self.notifier = notifier
         self.metrics = metrics or Metrics()
+        # Callbacks using the database at once (db/engine.py Admission): the rest of a
+        # burst waits here, so none waits out the pool's timeout and answers 500.
+        self._admit = asyncio.Semaphore(concurrency)
 
     def install(self, app: web.Application) -> None:
         app.router.add_post(CALLBACK_ROUTE, self.callback)
@@ -78,7 +84,8 @@ class CallbackRoutes:
         if status is None:
             log.info("callback_ignored provider=%s", name)
             return web.json_response({"ok": True, "ignored": "not a payment"})
-        result = await self.processor.apply_status(status, source=f"callback:{name}")
+        async with self._admit:
+            result = await self.processor.apply_status(status, source=f"callback:{name}")
         log.info(
             "callback provider=%s payment_id=%s outcome=%s order=%s",
             name,
@@ -98,7 +105,7 @@ class CallbackRoutes:
         )
         self.metrics.rejected(provider, reason)
         window = int(time.time() // REJECT_ALERT_WINDOW)
-        async with self.sessions() as session, session.begin():
+        async with self._admit, self.sessions() as session, session.begin():
             await self.notifier.admin(
                 session,
                 "admin.callback_rejected",

@@ -85,7 +85,11 @@ class Fulfilment(AttemptRecords, KeyCreation):
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.funds_recheck = funds_recheck
+        # Buyers fulfilled at once, by the kicks and the job together (db/engine.py
+        # Admission): 1,000 payments confirmed at once must not each take a pool
+        # connection and wait out its timeout (a failed attempt, retried much later).
         self.concurrency = concurrency
+        self._workers = asyncio.Semaphore(concurrency)
         self.shared_funds = SharedFunds(
             sessions,
             openrouter,
@@ -120,7 +124,8 @@ class Fulfilment(AttemptRecords, KeyCreation):
 
     async def _kicked(self, user_id: int) -> None:
         try:
-            await self.fulfil_user(user_id)
+            async with self._workers:
+                await self.fulfil_user(user_id)
         except Exception:
             log.exception("fulfil_failed user=%s", user_id)
         self.wake()
@@ -149,11 +154,11 @@ class Fulfilment(AttemptRecords, KeyCreation):
                 .all()
             )
         # Buyers are independent (each has its own lease), so a few go at once: one
-        # buyer whose OpenRouter calls hang must not hold up everyone else.
-        gate = asyncio.Semaphore(self.concurrency)
+        # buyer whose OpenRouter calls hang must not hold up everyone else. The kicks
+        # share the gate, so the two together stay within the pool.
 
         async def one(user_id: int) -> None:
-            async with gate:
+            async with self._workers:
                 await self.fulfil_user(user_id)
 
         await asyncio.gather(*(one(user_id) for user_id in user_ids))
