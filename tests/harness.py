@@ -37,9 +37,6 @@ async def redis_url(db: int) -> str:
     import pytest
     from redis.asyncio import Redis
 
-    # .ci/run runs the SQLite and PostgreSQL suites side by side: the second one's
-    # databases are offset so neither empties the other's.
-    db += int(os.environ.get("TEST_REDIS_DB_OFFSET", "0"))
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/") + f"/{db}"
     client = Redis.from_url(url)
     try:
